@@ -1,0 +1,299 @@
+"""Run configuration: YAML files over typed dataclasses, with ``key=value`` dotted overrides.
+
+A config has the engine sections below plus a ``task`` section whose schema is the chosen task's
+``Config`` dataclass (picked by ``task.name``). Loading merges, in order: the dataclass defaults, the
+YAML file, the command-line overrides (``train.lr=3e-4 task.latent_channels=16``). Unknown keys, wrong
+types and invalid choices raise :class:`ConfigError` naming the file and the full key.
+
+Example::
+
+    cfg = load_config("configs/lidar_tokenizer.yaml", ["train.max_steps=50", "data.batch_size=4"])
+    cfg.train.max_steps   # 50
+    to_dict(cfg)          # plain dict: saved as RUN/config.yaml and inside every checkpoint
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: the message names the file and key and says what was expected."""
+
+
+@dataclass
+class RunConfig:
+    """Where the run lives and how it is seeded.
+
+    The run folder is ``dir`` if set, else ``root/name``, with ``name`` defaulting to the config file's
+    stem. It never contains a timestamp, so re-running (or a requeued job) finds its checkpoints.
+    """
+
+    name: str = ""
+    root: str = "runs"
+    dir: str = ""
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """WebDataset input. ``train``/``val``: shard specs (brace patterns, globs, ``::``-joined).
+
+    ``batch_size`` is per rank and per micro-step. ``resume``: ``exact`` fast-forwards the stream to
+    where the checkpoint left it (reads but does not decode the consumed samples); ``reseed`` starts a
+    fresh stream seeded by the resume step (no reading; statistically equivalent; for very long runs).
+    """
+
+    train: str = ""
+    val: str = ""
+    batch_size: int = 8
+    val_batch_size: int = 0
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    resume: str = "exact"
+
+
+@dataclass
+class TrainConfig:
+    """The loop. ``precision``: fp32 | bf16 | fp16 (fp16 uses loss scaling; needs CUDA or MPS).
+    ``device``: auto | cpu | cuda | mps. ``strategy``: ddp (DeepSpeed ZeRO is planned)."""
+
+    max_steps: int = 1000
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    precision: str = "fp32"
+    device: str = "auto"
+    strategy: str = "ddp"
+    find_unused_parameters: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then ``schedule`` (cosine | linear | constant) down to ``min_lr_ratio * lr``."""
+
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the weights: ``ema = decay * ema + (1 - decay) * w`` after every
+    optimizer step; with ``warmup`` the decay ramps as min(decay, (1 + step) / (10 + step))."""
+
+    enabled: bool = True
+    decay: float = 0.999
+    warmup: bool = True
+
+
+@dataclass
+class LogConfig:
+    """TensorBoard scalars and a console line every ``every`` steps; images every ``image_every``."""
+
+    every: int = 20
+    image_every: int = 200
+    progress: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    """``iter_{N:09d}.pt`` every ``every`` steps and at the end, the newest ``keep`` kept, plus JIT exports."""
+
+    every: int = 500
+    keep: int = 3
+    export_jit: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Validation on ``data.val`` every ``every`` steps (0 = only at the end); ``max_batches`` 0 = all."""
+
+    every: int = 500
+    max_batches: int = 0
+    ema: bool = True
+
+
+@dataclass
+class Config:
+    """A whole run. ``task`` is the chosen task's own ``Config`` dataclass."""
+
+    task: Any = None
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES = {
+    "data.resume": ("exact", "reseed"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.device": ("auto", "cpu", "cuda", "mps"),
+    "train.strategy": ("ddp",),
+    "optim.schedule": ("cosine", "linear", "constant"),
+}
+POSITIVE = ("train.max_steps", "train.grad_accum", "data.batch_size", "checkpoint.keep", "log.every")
+NON_NEGATIVE = ("data.num_workers", "data.shuffle_buffer", "optim.warmup_steps", "checkpoint.every",
+                "eval.every", "eval.max_batches", "log.image_every", "train.grad_clip", "data.val_batch_size")
+
+
+def _get(cfg: Config, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Check choices and ranges of the engine sections, then the task's own ``validate()`` if it has one.
+
+    Raises:
+        ConfigError: naming ``source`` and the offending key.
+    """
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            hint = " (DeepSpeed ZeRO is not available yet)" if key == "train.strategy" else ""
+            raise ConfigError(f"{source}: {key}={_get(cfg, key)!r} is not one of {list(allowed)}{hint}")
+    for key in POSITIVE:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{source}: {key} must be >= 1, got {_get(cfg, key)}")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{source}: {key} must be >= 0, got {_get(cfg, key)}")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"{source}: optim.betas must have 2 values, got {list(cfg.optim.betas)}")
+    if not 0.0 <= cfg.ema.decay < 1.0:
+        raise ConfigError(f"{source}: ema.decay must be in [0, 1), got {cfg.ema.decay}")
+    if hasattr(cfg.task, "validate"):
+        try:
+            cfg.task.validate()
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+
+
+def _format_omegaconf_error(exc: OmegaConfBaseException, source: str) -> str:
+    key = getattr(exc, "full_key", None)
+    msg = str(exc).split("\n")[0]
+    if "not in" in msg and key:
+        return f"{source}: unknown key '{key}' ({msg})"
+    return f"{source}: invalid value for '{key}': {msg}" if key else f"{source}: {msg}"
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+    """Load a run config.
+
+    Args:
+        path: YAML file (None: defaults + overrides only; ``task.name`` must then be overridden).
+        overrides: ``key=value`` strings with dotted keys; values are parsed as YAML
+            (``train.lr=3e-4``, ``optim.betas=[0.9,0.95]``, ``run.name=foo``).
+
+    Returns:
+        A :class:`Config` whose ``task`` is an instance of the task's ``Config`` dataclass.
+
+    Raises:
+        ConfigError: missing file, YAML error, unknown task, unknown key, wrong type or invalid value.
+    """
+    source = str(path) if path else "command line"
+    overrides = list(overrides or [])
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=3e-4)")
+    try:
+        file_cfg = OmegaConf.create({})
+        if path:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file '{path}' does not exist")
+            file_cfg = OmegaConf.load(path)
+            if not isinstance(file_cfg, type(OmegaConf.create({}))):
+                raise ConfigError(f"{source}: expected a mapping at the top level")
+        cli_cfg = OmegaConf.from_dotlist(overrides)
+        raw = OmegaConf.merge(file_cfg, cli_cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # YAML syntax errors and the like
+        raise ConfigError(f"{source}: cannot parse: {exc}") from exc
+
+    try:
+        cfg = _build(raw, source)
+    except ConfigError as exc:
+        # name the override rather than the file when the bad key came from the command line
+        for item in overrides:
+            key = item.split("=", 1)[0]
+            if f"'{key}'" in str(exc) or f" {key}=" in str(exc):
+                raise ConfigError(str(exc).replace(f"{source}:", f"override '{item}':", 1)) from exc
+        raise
+    if not cfg.run.name:
+        cfg.run.name = Path(path).stem if path else cfg.task.name
+    return cfg
+
+
+def _build(raw, source: str) -> Config:
+    """Merge a raw OmegaConf mapping into the typed schema of its task, then validate."""
+    from toolkit.tasks import get_task_class, task_names
+
+    task_name = OmegaConf.select(raw, "task.name")
+    if not task_name:
+        raise ConfigError(f"{source}: 'task.name' is required; available tasks: {task_names()}")
+    try:
+        task_cls = get_task_class(str(task_name))
+    except KeyError as exc:
+        raise ConfigError(f"{source}: task.name={task_name!r} is unknown; available tasks: {task_names()}") from exc
+    schema = OmegaConf.structured(Config)
+    schema.task = OmegaConf.structured(task_cls.Config)
+    try:
+        cfg: Config = OmegaConf.to_object(OmegaConf.merge(schema, raw))  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_format_omegaconf_error(exc, source)) from exc
+    validate(cfg, source)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict of builtins (safe for YAML, JSON and ``torch.load(weights_only=True)``)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(d: dict, source: str = "checkpoint") -> Config:
+    """Rebuild a :class:`Config` from :func:`to_dict` output (e.g. the one stored in a checkpoint).
+
+    Raises:
+        ConfigError: if the dict does not fit the current schema (naming ``source`` and the key).
+    """
+    return _build(OmegaConf.create(d), source)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def run_dir(cfg: Config) -> Path:
+    """The run folder: ``run.dir`` or ``run.root/run.name``."""
+    return Path(cfg.run.dir) if cfg.run.dir else Path(cfg.run.root) / cfg.run.name
+
+
+def describe(cls=Config, prefix: str = "") -> list[str]:
+    """``key = default`` lines for every engine key (for ``--help``)."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        if f.name == "task":
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            lines.extend(describe(type(default), f"{prefix}{f.name}."))
+        else:
+            lines.append(f"  {prefix}{f.name} = {default!r}")
+    return lines

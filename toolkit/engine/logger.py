@@ -1,0 +1,112 @@
+"""Run logging on the main process: TensorBoard, ``metrics.jsonl`` and the console.
+
+TensorBoard event files go to ``RUN/tb`` (``tensorboard --logdir runs/`` shows every run). The same
+scalars are appended to ``RUN/metrics.jsonl`` (one JSON object per log step) for scripts and reports.
+The console gets a tqdm progress bar with ETA (when ``progress`` is on; in non-interactive logs it
+refreshes at most every 30 s) and one concise line per log step. Other ranks log nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class RunLogger:
+    """Logger for one run; a no-op unless ``enabled`` (the main process).
+
+    Args:
+        run_dir: the run folder.
+        enabled: write anything at all.
+        total_steps, start_step: for the progress bar and ETA.
+        progress: show a tqdm bar.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int = 0, progress: bool = True):
+        self.enabled = enabled
+        self.total = total_steps
+        self.start_step = start_step
+        self.t0 = time.time()
+        self.writer = None
+        self.bar = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+        self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a", buffering=1)
+        if progress:
+            from tqdm import tqdm
+
+            interactive = sys.stderr.isatty()
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                            mininterval=0.5 if interactive else 30.0, file=sys.stderr)
+
+    def print(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def advance(self, step: int, loss: float | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+    def eta(self, step: int) -> float:
+        done = step - self.start_step
+        return (time.time() - self.t0) / done * (self.total - step) if done > 0 else float("nan")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        self.jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+
+    def images(self, step: int, images: dict[str, torch.Tensor]) -> None:
+        if not self.enabled:
+            return
+        for tag, img in images.items():
+            self.writer.add_image(tag, img.detach().float().clamp(0, 1).cpu(), step, dataformats="CHW")
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        if self.enabled:
+            self.writer.add_text(tag, text, step)
+
+    def line(self, step: int, values: dict[str, float]) -> None:
+        """One concise console line: step, loss, lr, throughput, ETA."""
+        parts = [f"step {step}/{self.total}"]
+        for key, label, fmt in (("train/loss", "loss", ".4g"), ("train/lr", "lr", ".3g"),
+                                ("train/grad_norm", "gnorm", ".3g"), ("perf/samples_per_s", "samples/s", ".1f"),
+                                ("perf/step_time_s", "s/step", ".3f"), ("perf/peak_mem_mb", "peak MiB", ".0f")):
+            if key in values:
+                parts.append(f"{label} {values[key]:{fmt}}")
+        parts.append(f"eta {_fmt_duration(self.eta(step))}")
+        self.print(" | ".join(parts))
+
+    def flush(self) -> None:
+        if self.enabled:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        self.writer.close()
+        self.jsonl.close()

@@ -1,0 +1,52 @@
+"""AdamW and the learning-rate schedule (linear warmup, then cosine, linear or constant)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from toolkit.config import OptimConfig
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay only on tensors with >= 2 dims (weights of
+    convs and linears, not biases, norms or scalars), as in nanoGPT and timm.
+
+    Raises:
+        ValueError: if the model has no trainable parameter.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+class WarmupDecay:
+    """LR multiplier: ``(step + 1) / warmup`` during warmup, then from 1 down to ``min_ratio`` by ``total``.
+
+    A plain object (not a closure) so ``LambdaLR.state_dict()`` stores its settings.
+    """
+
+    def __init__(self, warmup: int, total: int, schedule: str, min_ratio: float):
+        self.warmup, self.total, self.schedule, self.min_ratio = warmup, total, schedule, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        if self.schedule == "linear":
+            return 1.0 - (1.0 - self.min_ratio) * progress
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-optimizer-step schedule (call ``step()`` once per optimizer step)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupDecay(cfg.warmup_steps, total_steps, cfg.schedule, cfg.min_lr_ratio))
