@@ -25,7 +25,7 @@ def split_scenes(names: list[str], val_fraction: float, seed: int) -> tuple[list
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     names = sorted(names)
-    n_val = math.ceil(len(names) * val_fraction) if val_fraction > 0 else 0
+    n_val = max(1, round(len(names) * val_fraction)) if val_fraction > 0 else 0
     if n_val >= len(names) and names:
         n_val = len(names) - 1
     val = sorted(random.Random(seed).sample(names, n_val))

@@ -30,14 +30,14 @@ MATERIALS: dict[str, tuple[float, float, float, float]] = {
     "concrete": (22, 8, 0.002, 0.0),
     "grass": (10, 5, 0.01, 0.05),
     "wall": (35, 15, 0.004, 0.0),
-    "glass": (12, 8, 0.55, 0.0),
+    "glass": (12, 8, 0.3, 0.0),
     "paint": (22, 16, 0.01, 0.0),
     "car_glass": (8, 6, 0.35, 0.0),
     "plate": (150, 40, 0.0, 0.0),
     "clothing": (14, 8, 0.0, 0.0),
     "metal": (55, 25, 0.0, 0.0),
     "bark": (10, 5, 0.0, 0.0),
-    "foliage": (9, 5, 0.2, 0.9),
+    "foliage": (9, 5, 0.08, 1.2),
     "barrier": (45, 25, 0.0, 0.0),
     "cone": (90, 30, 0.0, 0.0),
     "roof": (25, 10, 0.0, 0.0),
@@ -99,6 +99,10 @@ class Street:
     kerb_height: float = 0.15
     sidewalk_width: float = 3.0
     marking_period: float = 9.0
+    ego_pitch: float = 0.0
+    ego_roll: float = 0.0
+    leafy: float = 0.5
+    lidar_height: float = 1.84
 
 
 def _box(cx, cy, cz_bottom, length, width, height, yaw=0.0):
@@ -160,7 +164,9 @@ def build_street(rng: np.random.Generator, route_length: float, margin: float = 
     street = Street(road_half_width=half, lane_x=lane_x, ego_speed=speed,
                     ego_heading=rng.normal(0, np.radians(1.5)), length=route_length,
                     kerb_height=rng.uniform(0.1, 0.22), sidewalk_width=rng.uniform(1.5, 5.0),
-                    marking_period=rng.uniform(6, 12))
+                    marking_period=rng.uniform(6, 12), ego_pitch=rng.normal(0, np.radians(0.7)),
+                    ego_roll=rng.normal(0, np.radians(0.5)), leafy=rng.uniform(0.2, 1.0),
+                    lidar_height=LIDAR_IN_EGO_T[2] + rng.normal(0, 0.03))
     y0, y1 = -margin, route_length + margin
 
     # cross streets: gaps in sidewalks and buildings
@@ -182,46 +188,94 @@ def build_street(rng: np.random.Generator, route_length: float, margin: float = 
             cx = s * (half + street.sidewalk_width / 2)
             street.static_boxes.append((_box(cx, (a + b) / 2, -0.5, street.sidewalk_width, b - a, 0.5 + kerb),
                                         "concrete", False))
-        # buildings, fences, hedges or open ground along the sidewalk
-        x_front = half + street.sidewalk_width
-        y = y0
-        while y < y1:
-            seg = rng.uniform(6, 45)
-            kind = rng.choice(["building", "building", "building", "fence", "hedge", "open"])
-            if free(y, y + seg):
-                setback = rng.uniform(0, 6) if kind == "building" else rng.uniform(0, 1.5)
-                depth = rng.uniform(8, 25)
-                cx = s * (x_front + setback + depth / 2)
-                if kind == "building":
-                    height = rng.uniform(3.5, 35)
-                    street.static_boxes.append((_box(cx, y + seg / 2, 0, depth, seg, height), "wall", True))
-                elif kind == "fence":
-                    street.static_boxes.append((_box(s * (x_front + setback + 0.1), y + seg / 2, 0, 0.2, seg,
-                                                     rng.uniform(1.0, 2.2)), "metal", False))
-                elif kind == "hedge":
-                    street.static_boxes.append((_box(s * (x_front + setback + 0.6), y + seg / 2, 0, 1.2, seg,
-                                                     rng.uniform(0.8, 2.0)), "foliage", False))
-                else:
-                    for _ in range(rng.integers(0, 4)):
-                        tx = s * (x_front + rng.uniform(2, 15))
-                        _tree(rng, street, tx, y + rng.uniform(0, seg))
-            y += seg + (rng.uniform(0, 12) if rng.random() < 0.4 else 0.0)
-        # poles and street trees on the sidewalk edge
-        y = y0 + rng.uniform(0, 20)
-        while y < y1:
-            if free(y - 2, y + 2):
-                px = s * (half + rng.uniform(0.4, 0.9))
-                if rng.random() < 0.6:
-                    h = rng.uniform(4, 10)
-                    street.static_cylinders.append((np.array([px, y, kerb, rng.uniform(0.07, 0.16), h]), "metal"))
-                    if rng.random() < 0.5:  # lamp arm
-                        street.static_boxes.append((_box(px - s * 0.8, y, kerb + h - 0.3, 1.6, 0.25, 0.2),
-                                                    "metal", False))
-                else:
-                    _tree(rng, street, px, y)
-            y += rng.uniform(12, 40)
+        _frontage(rng, street, s, y0, y1, free)
+        _street_furniture(rng, street, s, y0, y1, free)
+    _parked_vehicles(rng, street, y0, y1, free)
+    _traffic(rng, street, side, y0, y1)
+    _pedestrians(rng, street, y0, y1)
+    _construction(rng, street, route_length)
+    return street
 
-    # parked vehicles along both kerbs
+
+def _frontage(rng, street: Street, s: float, y0: float, y1: float, free) -> None:
+    """Buildings (with balconies, columns, awnings and glass), fences, hedges or open ground with trees."""
+    x_front = street.road_half_width + street.sidewalk_width
+    y = y0
+    while y < y1:
+        seg = rng.uniform(6, 45)
+        kind = rng.choice(["building"] * 4 + ["fence", "hedge", "open"])
+        if free(y, y + seg):
+            setback = rng.uniform(0, 6) if kind == "building" else rng.uniform(0, 1.5)
+            depth = rng.uniform(8, 25)
+            face = s * (x_front + setback)
+            if kind == "building":
+                height = rng.uniform(3.5, 45) if rng.random() < 0.8 else rng.uniform(45, 80)
+                street.static_boxes.append((_box(face + s * depth / 2, y + seg / 2, -1.0, depth, seg, height + 1.0),
+                                            "wall", bool(rng.random() < 0.8)))
+                floor = rng.uniform(2.8, 3.8)
+                if rng.random() < 0.5:  # balconies or ledges along some floors
+                    bw, bd = rng.uniform(2, min(8, seg)), rng.uniform(0.6, 1.6)
+                    for level in range(1, int(height / floor)):
+                        if rng.random() < 0.6:
+                            by = y + rng.uniform(bw / 2, max(bw / 2 + 0.1, seg - bw / 2))
+                            street.static_boxes.append((_box(face - s * bd / 2, by, level * floor - 0.15, bd, bw,
+                                                             rng.uniform(0.15, 1.1)), "wall", False))
+                if rng.random() < 0.35 and setback > 1.5:  # colonnade or awning at street level
+                    for cy in np.arange(y + 1.0, y + seg - 0.5, rng.uniform(3.0, 6.0)):
+                        street.static_cylinders.append((np.array([face - s * (setback - 0.6), cy, street.kerb_height,
+                                                                  rng.uniform(0.15, 0.35), rng.uniform(3.0, 4.5)]),
+                                                        "concrete"))
+                elif rng.random() < 0.3:
+                    aw = rng.uniform(1.0, 2.5)
+                    street.static_boxes.append((_box(face - s * aw / 2, y + seg / 2, rng.uniform(2.5, 3.5), aw, seg * 0.9,
+                                                     0.15), "metal", False))
+            elif kind == "fence":
+                street.static_boxes.append((_box(s * (x_front + setback + 0.1), y + seg / 2, 0, 0.2, seg,
+                                                 rng.uniform(1.0, 2.2)), "metal", False))
+            elif kind == "hedge":
+                street.static_boxes.append((_box(s * (x_front + setback + 0.6), y + seg / 2, 0, 1.2, seg,
+                                                 rng.uniform(0.8, 2.0)), "foliage", False))
+            n_trees = rng.poisson(2.5 * street.leafy if kind == "open" else 0.6 * street.leafy)
+            for _ in range(n_trees):
+                _tree(rng, street, s * (x_front + rng.uniform(1, 12)), y + rng.uniform(0, seg))
+            for _ in range(rng.poisson(1.5 * street.leafy)):
+                _bush(rng, street, s * (x_front + rng.uniform(0.3, 3)), y + rng.uniform(0, seg))
+        y += seg + (rng.uniform(0, 12) if rng.random() < 0.3 else 0.0)
+
+
+def _street_furniture(rng, street: Street, s: float, y0: float, y1: float, free) -> None:
+    """Poles, lamps, signs, bollards, bins and street trees along the kerb."""
+    half, kerb = street.road_half_width, street.kerb_height
+    tree_gap = rng.uniform(7, 20) if rng.random() < street.leafy else None
+    y = y0 + rng.uniform(0, 10)
+    while y < y1:
+        if free(y - 2, y + 2):
+            px = s * (half + rng.uniform(0.4, 0.9))
+            kind = rng.choice(["pole", "lamp", "sign", "bollard", "bin"])
+            if kind in ("pole", "lamp", "sign"):
+                h = rng.uniform(2.5, 4) if kind == "sign" else rng.uniform(4, 11)
+                street.static_cylinders.append((np.array([px, y, kerb, rng.uniform(0.05, 0.16), h]), "metal"))
+                if kind == "lamp":
+                    street.static_boxes.append((_box(px - s * 0.9, y, kerb + h - 0.3, 1.8, 0.25, 0.2), "metal", False))
+                elif kind == "sign":
+                    street.static_boxes.append((_box(px, y, kerb + h - 0.8, 0.05, rng.uniform(0.5, 1.2), 0.7,
+                                                     rng.uniform(-0.3, 0.3)), "plate", False))
+            elif kind == "bollard":
+                for k in range(rng.integers(1, 6)):
+                    street.static_cylinders.append((np.array([px, y + 1.5 * k, kerb, 0.1, rng.uniform(0.7, 1.1)]), "metal"))
+            else:
+                street.static_boxes.append((_box(px + s * 0.3, y, kerb, 0.6, 0.6, rng.uniform(0.9, 1.3)), "paint", False))
+        y += rng.uniform(6, 30)
+    if tree_gap is not None:  # a row of street trees
+        y = y0 + rng.uniform(0, tree_gap)
+        while y < y1:
+            if free(y - 3, y + 3):
+                _tree(rng, street, s * (half + rng.uniform(0.6, 1.4)), y)
+            y += tree_gap * rng.uniform(0.7, 1.3)
+
+
+def _parked_vehicles(rng, street: Street, y0: float, y1: float, free) -> None:
+    half = street.road_half_width
     for s in (-1.0, 1.0):
         if rng.random() < 0.25:
             continue
@@ -231,59 +285,75 @@ def build_street(rng: np.random.Generator, route_length: float, margin: float = 
             v = _vehicle(rng, cat, 0.0, 0.0, 0.0, (0, 0), "vehicle.parked")
             if free(y - 2, y + v.size[0] + 2):
                 x = s * (half - v.size[1] / 2 - rng.uniform(0.1, 0.5))
-                yaw = np.pi / 2 + rng.normal(0, 0.04) + (np.pi if rng.random() < 0.5 else 0.0)
                 v.centre[:2] = (x, y + v.size[0] / 2)
-                v.yaw = yaw
-                if abs(v.centre[0] - lane_x) > 1.6 + v.size[1] / 2:
+                v.yaw = np.pi / 2 + rng.normal(0, 0.04) + (np.pi if rng.random() < 0.5 else 0.0)
+                if abs(v.centre[0] - street.lane_x) > 1.6 + v.size[1] / 2:
                     street.objects.append(v)
             y += v.size[0] + rng.uniform(0.8, 25 if rng.random() < 0.7 else 60)
 
-    # moving traffic in the other lane(s), and a lead vehicle in the ego lane
+
+def _traffic(rng, street: Street, side: float, y0: float, y1: float) -> None:
+    """Moving vehicles in the other lane(s) and possibly a lead vehicle in the ego lane."""
+    half, speed = street.road_half_width, street.ego_speed
     for _ in range(rng.integers(0, 10)):
         other_x = -side * half / 2 + rng.normal(0, 0.2)
         direction = -side if rng.random() < 0.8 else side
         spd = rng.uniform(3, 14)
         cat = rng.choice(["vehicle.car", "vehicle.car", "van", "vehicle.truck", "vehicle.bus.rigid"])
-        yy = rng.uniform(y0, y1)
-        street.objects.append(_vehicle(rng, cat, other_x, yy, np.pi / 2 if direction * side > 0 else -np.pi / 2,
+        street.objects.append(_vehicle(rng, cat, other_x, rng.uniform(y0, y1),
+                                       np.pi / 2 if direction * side > 0 else -np.pi / 2,
                                        (0.0, direction * side * spd), "vehicle.moving"))
     if rng.random() < 0.6 and speed > 0:
-        lead = _vehicle(rng, rng.choice(["vehicle.car", "van", "vehicle.truck"]), lane_x, rng.uniform(9, 35),
-                        np.pi / 2, (0.0, speed), "vehicle.moving")
-        street.objects.append(lead)
+        street.objects.append(_vehicle(rng, rng.choice(["vehicle.car", "van", "vehicle.truck"]), street.lane_x,
+                                       rng.uniform(9, 35), np.pi / 2, (0.0, speed), "vehicle.moving"))
 
-    # pedestrians on sidewalks
+
+def _pedestrians(rng, street: Street, y0: float, y1: float) -> None:
+    half = street.road_half_width
     for _ in range(rng.integers(0, 25)):
         s = rng.choice([-1.0, 1.0])
         x = s * (half + rng.uniform(0.5, street.sidewalk_width - 0.3))
         vel = (0.0, rng.choice([-1, 1]) * rng.uniform(0.8, 1.6)) if rng.random() < 0.6 else (0.0, 0.0)
         ped = _pedestrian(rng, x, rng.uniform(y0, y1), vel)
-        ped.centre[2] += kerb
+        ped.centre[2] += street.kerb_height
         street.objects.append(ped)
 
-    # a construction zone: barriers and cones along one kerb
-    if rng.random() < 0.3:
-        s = rng.choice([-1.0, 1.0])
-        ys = rng.uniform(0, max(route_length, 30))
-        for k in range(rng.integers(3, 12)):
-            if rng.random() < 0.5:
-                street.objects.append(StreetObject(
-                    "movable_object.barrier", np.array([s * (half - 0.4), ys + k * 2.1, 0.5]),
-                    np.array([2.0, 0.5, 1.0]), np.pi / 2, np.zeros(2), "",
-                    [("box", (0.0, 0.0, 0.0, 2.0, 0.5, 1.0), "barrier")]))
-            else:
-                street.objects.append(StreetObject(
-                    "movable_object.trafficcone", np.array([s * (half - 0.4), ys + k * 2.1, 0.35]),
-                    np.array([0.35, 0.35, 0.7]), 0.0, np.zeros(2), "",
-                    [("cyl", (0.0, 0.0, 0.0, 0.15, 0.7), "cone")]))
-    return street
+
+def _construction(rng, street: Street, route_length: float) -> None:
+    """Sometimes a construction zone: barriers and cones along one kerb."""
+    if rng.random() >= 0.3:
+        return
+    half = street.road_half_width
+    s = rng.choice([-1.0, 1.0])
+    ys = rng.uniform(0, max(route_length, 30))
+    for k in range(rng.integers(3, 12)):
+        if rng.random() < 0.5:
+            street.objects.append(StreetObject(
+                "movable_object.barrier", np.array([s * (half - 0.4), ys + k * 2.1, 0.5]),
+                np.array([2.0, 0.5, 1.0]), np.pi / 2, np.zeros(2), "",
+                [("box", (0.0, 0.0, 0.0, 2.0, 0.5, 1.0), "barrier")]))
+        else:
+            street.objects.append(StreetObject(
+                "movable_object.trafficcone", np.array([s * (half - 0.4), ys + k * 2.1, 0.35]),
+                np.array([0.35, 0.35, 0.7]), 0.0, np.zeros(2), "",
+                [("cyl", (0.0, 0.0, 0.0, 0.15, 0.7), "cone")]))
 
 
 def _tree(rng, street: Street, x: float, y: float) -> None:
-    trunk_h = rng.uniform(1.8, 4.0)
-    street.static_cylinders.append((np.array([x, y, 0.0, rng.uniform(0.12, 0.32), trunk_h]), "bark"))
-    r = rng.uniform(1.3, 3.5)
-    street.static_spheres.append((np.array([x, y, trunk_h + r * 0.7, r]), "foliage"))
+    """A trunk and a crown of 1-4 overlapping foliage clumps (porous: returns scatter inside)."""
+    trunk_h = rng.uniform(1.8, 5.0)
+    street.static_cylinders.append((np.array([x, y, 0.0, rng.uniform(0.1, 0.35), trunk_h + 0.5]), "bark"))
+    r = rng.uniform(1.2, 4.0)
+    for k in range(rng.integers(1, 5)):
+        off = rng.normal(0, r * 0.4, 3) if k else np.zeros(3)
+        rk = r * rng.uniform(0.55, 1.0)
+        street.static_spheres.append((np.array([x + off[0], y + off[1], trunk_h + rk * 0.7 + abs(off[2]), rk]),
+                                      "foliage"))
+
+
+def _bush(rng, street: Street, x: float, y: float) -> None:
+    r = rng.uniform(0.4, 1.3)
+    street.static_spheres.append((np.array([x, y, r * rng.uniform(0.3, 0.8), r]), "foliage"))
 
 
 def _primitives(street: Street, t: float):
@@ -338,14 +408,19 @@ class Sweep:
     hits_per_object: np.ndarray
 
 
-def lidar_pose_at(street: Street, t: float) -> np.ndarray:
-    """Lidar -> road-frame pose (4, 4) of the ego at time ``t`` (s); the ego drives along +y."""
+def lidar_pose_at(street: Street, t: float, pitch_jitter: float = 0.0, roll_jitter: float = 0.0) -> np.ndarray:
+    """Lidar -> road-frame pose (4, 4) at time ``t`` (s): the ego drives along +y (heading ``ego_heading``)
+    with the sensor tilted by the ego's pitch and roll (plus per-sweep jitter, rad)."""
     phi = street.ego_heading
     forward = np.array([-np.sin(phi), np.cos(phi), 0.0])
     right = np.array([np.cos(phi), np.sin(phi), 0.0])
+    heading = np.stack([right, forward, [0.0, 0.0, 1.0]], axis=1)  # columns: lidar x, y, z
+    p, r = street.ego_pitch + pitch_jitter, street.ego_roll + roll_jitter
+    pitch = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])  # about lidar x
+    roll = np.array([[np.cos(r), 0, np.sin(r)], [0, 1, 0], [-np.sin(r), 0, np.cos(r)]])  # about lidar y
     pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2] = right, forward, (0, 0, 1)
-    pose[:3, 3] = np.array([street.lane_x, 0.0, LIDAR_IN_EGO_T[2]]) + forward * street.ego_speed * t
+    pose[:3, :3] = heading @ pitch @ roll
+    pose[:3, 3] = np.array([street.lane_x, 0.0, street.lidar_height]) + forward * street.ego_speed * t
     return pose
 
 
@@ -357,9 +432,10 @@ def render_sweep(street: Street, t_end: float, rng: np.random.Generator, sensor:
         :class:`Sweep` with the points in the real file's layout (see module docstring).
     """
     n_rings, width = sensor.n_rings, sensor.columns
-    pose = lidar_pose_at(street, t_end)
+    pose = lidar_pose_at(street, t_end, rng.normal(0, np.radians(0.2)), rng.normal(0, np.radians(0.15)))
     rot, o_end = pose[:3, :3], pose[:3, 3]
-    forward = rot[:, 1]
+    phi = street.ego_heading
+    forward = np.array([-np.sin(phi), np.cos(phi), 0.0])  # direction of travel (horizontal)
 
     az = np.radians(sensor.start_azimuth_deg + rng.uniform(-0.3, 0.3) - np.arange(width) * sensor.azimuth_step_deg)
     el = np.radians(sensor.elevation_deg + rng.normal(0, 0.02, n_rings))
@@ -433,6 +509,7 @@ def render_sweep(street: Street, t_end: float, rng: np.random.Generator, sensor:
     t_ret = t_ret + rng.normal(0, sensor.range_noise_m, n)
     drop = rng.random(n) < props[:, 2]
     drop |= (cos_inc < 0.04) & (rng.random(n) < 0.6)
+    drop |= (kind == 0) & (t_hit > 25) & (rng.random(n) < np.clip((t_hit - 25) / 120, 0, 0.5))  # far, dark ground
     valid = hit & ~drop & (t_ret < sensor.max_range_m)
     intensity = np.clip(props[:, 0] * (0.35 + 0.65 * cos_inc) + rng.normal(0, 1, n) * props[:, 1], 0, 255)
 
@@ -446,9 +523,8 @@ def render_sweep(street: Street, t_end: float, rng: np.random.Generator, sensor:
     # points in the firing-time lidar frame; no return = (0, 0, 0) as the sensor writes it
     p_fire = np.where(valid[:, None], t_ret[:, None] * d_lidar, 0.0)
     intensity = np.where(valid, np.round(intensity), rng.integers(0, 12, n))
-    # motion compensation to the last column: the ego moved forward since each firing
-    p_end = p_fire.copy()
-    p_end[:, 1] -= np.repeat(dt_back, n_rings) * street.ego_speed
+    # motion compensation to the last column: p_end = p_fire + R^T (o_fire - o_end)
+    p_end = p_fire - np.repeat(dt_back, n_rings)[:, None] * street.ego_speed * (rot.T @ forward)[None, :]
     ring = np.tile(np.arange(n_rings), width)
 
     counted = valid & ~roof & (obj >= 0)

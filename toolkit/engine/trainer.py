@@ -172,7 +172,9 @@ class Trainer:
     # ----------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        """Task metrics over ``data.val`` (split across ranks), reduced over all ranks."""
+        """Task metrics over ``data.val`` (split across ranks), reduced over all ranks.
+
+        ``model`` is an unwrapped module (not DDP): evaluation runs no collective inside the forward."""
         cfg = self.cfg
         loader = eval_loader(cfg.data.val, self.task.decode_eval, cfg.data.val_batch_size or cfg.data.batch_size,
                              rank=self.rank, world_size=self.world_size, num_workers=0, seed=cfg.run.seed)
@@ -334,7 +336,7 @@ class Trainer:
         return summary
 
     def _run_eval(self, logger: RunLogger) -> None:
-        results = {f"val/{k}": v for k, v in self.evaluate(self.model).items()}
+        results = {f"val/{k}": v for k, v in self.evaluate(self.unwrapped).items()}
         if self.ema is not None and self.cfg.eval.ema:
             results.update({f"val_ema/{k}": v for k, v in self.evaluate(self.ema.module).items()})
         logger.scalars(self.step, results)

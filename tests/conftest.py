@@ -1,0 +1,74 @@
+"""Shared fixtures: a small synthetic nuScenes dataroot and its shards (built once per session with
+the real generator, devkit and webdataset), the real one-sample dataroot, and helpers to run the CLIs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: The real nuScenes keyframe (evaluation and geometry checks only); override with TOOLKIT_NUSCENES_REAL.
+REAL_DATAROOT = Path(os.environ.get("TOOLKIT_NUSCENES_REAL", REPO.parent / "shared" / "data" / "nuscenes-real-1sample"))
+REAL_PCD = "samples/LIDAR_TOP/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"
+
+
+@pytest.fixture(scope="session")
+def real_dataroot() -> Path:
+    if not (REAL_DATAROOT / "v1.0-mini").is_dir():
+        pytest.fail(f"real nuScenes sample not found at {REAL_DATAROOT}; set TOOLKIT_NUSCENES_REAL")
+    return REAL_DATAROOT
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataroot(tmp_path_factory) -> Path:
+    from shards.synthetic.nuscenes_dataroot import generate_dataroot
+
+    return generate_dataroot(tmp_path_factory.mktemp("synth") / "dataroot", scenes=3, samples_per_scene=4, seed=7,
+                             workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def lidar_shards(synthetic_dataroot, tmp_path_factory) -> dict:
+    """Train/val range-map shards of the synthetic dataroot: 2 train scenes (8 scans, 3 per shard), 1 val."""
+    from shards.nuscenes_lidar import build_nuscenes_lidar_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    info = build_nuscenes_lidar_shards(str(synthetic_dataroot), "v1.0-mini", str(out), val_fraction=0.34, seed=0,
+                                       maxcount=3, progress=False)
+    return {"dir": out, "info": info, "train": info["splits"]["train"]["pattern"],
+            "val": info["splits"]["val"]["pattern"]}
+
+
+def tiny_overrides(shards: dict, run_dir: Path, **extra) -> list[str]:
+    """Overrides that make configs/lidar_tokenizer.yaml a seconds-long CPU run on the test shards."""
+    values = {
+        "data.train": shards["train"], "data.val": shards["val"], "data.batch_size": 4, "data.num_workers": 0,
+        "data.shuffle_buffer": 8, "task.crop_width": 64, "task.channels": 8, "run.dir": str(run_dir),
+        "train.max_steps": 6, "log.every": 2, "log.image_every": 3, "checkpoint.every": 3, "eval.every": 3,
+        "eval.max_batches": 1, "optim.warmup_steps": 2, "log.progress": False, "ema.decay": 0.9,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def run_cli(args: list[str], timeout: float = 600, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` (or a program if args[0] is not -m) and capture its output.
+
+    The command runs in its own process group, killed as a whole on timeout (torchrun's workers too).
+    """
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [sys.executable, *args] if args[0] == "-m" else args
+    proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{' '.join(map(str, cmd[:6]))} ... timed out after {timeout} s\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

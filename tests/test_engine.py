@@ -1,0 +1,160 @@
+"""The engine with real components: training runs, TensorBoard files read back, exact resume, JIT exports."""
+
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run_cli, tiny_overrides
+from toolkit.config import load_config
+from toolkit.engine.checkpoint import Checkpointer
+from toolkit.engine.trainer import Trainer
+
+CONFIG = REPO / "configs" / "lidar_tokenizer.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained_run(lidar_shards, tmp_path_factory):
+    """One 6-step run (checkpoints at 3 and 6), shared by the tests that only read its outputs."""
+    run = tmp_path_factory.mktemp("run") / "tiny"
+    summary = Trainer(load_config(CONFIG, tiny_overrides(lidar_shards, run))).fit()
+    return run, summary
+
+
+def test_run_writes_checkpoints_exports_and_summary(trained_run):
+    run, summary = trained_run
+    assert summary["status"] == "finished" and summary["step"] == 6
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == [f"iter_{s:09d}{suffix}" for s in (3, 6) for suffix in (".pt", "_dec.jit", "_ema.jit", "_enc.jit")]
+    state = torch.load(run / "checkpoints" / "iter_000000006.pt", weights_only=True)
+    assert state["step"] == 6 and state["config"]["task"]["name"] == "lidar_tokenizer"
+    assert set(state) >= {"model", "ema", "optimizer", "scheduler", "scaler", "rng", "data", "config"}
+    assert all(isinstance(v, torch.Tensor) for v in state["rng"]["0"].values())
+    assert (run / "config.yaml").exists() and json.loads((run / "summary.json").read_text())["step"] == 6
+
+
+def test_tensorboard_event_files_have_scalars_and_images(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = trained_run
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "perf/samples_per_s", "perf/step_time_s",
+                "perf/peak_mem_mb", "data/skipped_samples", "train/ema_decay", "info/compression",
+                "val/rmse_m", "val/mae_m", "val/rel_err", "val/loss", "val_ema/rmse_m"):
+        assert tag in scalars, tag
+    assert [e.step for e in acc.Scalars("train/loss")] == [2, 4, 6]
+    assert acc.Scalars("info/compression")[0].value == pytest.approx(32 * 1084 / (15 * 4 * 136))
+    assert set(acc.Tags()["images"]) >= {"images/range_input", "images/range_recon", "images/range_abs_error"}
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/rmse_m" in row for row in lines)
+
+
+def test_resume_restores_state_exactly_and_continues_identically(lidar_shards, tmp_path, trained_run):
+    """Stop after the step-3 checkpoint (by deleting the later one), start again: the state equals the
+    saved one and the continued run ends bit-identical to the uninterrupted run."""
+    ref_run, _ = trained_run
+    run = tmp_path / "resume"
+    (run / "checkpoints").mkdir(parents=True)
+    for f in (ref_run / "checkpoints").glob("iter_000000003*"):
+        (run / "checkpoints" / f.name).write_bytes(f.read_bytes())
+    saved = torch.load(run / "checkpoints" / "iter_000000003.pt", weights_only=True)
+
+    trainer = Trainer(load_config(CONFIG, tiny_overrides(lidar_shards, run)))
+    trainer._resume()
+    assert trainer.step == 3
+    for key, value in trainer.unwrapped.state_dict().items():
+        assert torch.equal(value, saved["model"][key]), key
+    opt = trainer.optimizer.state_dict()
+    for pid, pstate in saved["optimizer"]["state"].items():
+        for name, value in pstate.items():
+            assert torch.equal(opt["state"][pid][name], value), (pid, name)
+    assert trainer.scheduler.state_dict()["last_epoch"] == saved["scheduler"]["last_epoch"]
+
+    summary = Trainer(load_config(CONFIG, tiny_overrides(lidar_shards, run))).fit()
+    assert summary["resumed_from"].endswith("iter_000000003.pt") and summary["step"] == 6
+    final = torch.load(run / "checkpoints" / "iter_000000006.pt", weights_only=True)
+    ref = torch.load(ref_run / "checkpoints" / "iter_000000006.pt", weights_only=True)
+    for key in ref["model"]:
+        assert torch.equal(final["model"][key], ref["model"][key]), key
+        assert torch.equal(final["ema"]["module"][key], ref["ema"]["module"][key]), key
+
+
+def test_finished_run_is_a_no_op_when_started_again(lidar_shards, trained_run):
+    run, _ = trained_run
+    before = (run / "checkpoints" / "iter_000000006.pt").stat().st_mtime_ns
+    summary = Trainer(load_config(CONFIG, tiny_overrides(lidar_shards, run))).fit()
+    assert summary["step"] == 6 and (run / "checkpoints" / "iter_000000006.pt").stat().st_mtime_ns == before
+
+
+def test_jit_exports_load_in_a_fresh_process_and_match_eager(trained_run, tmp_path):
+    from toolkit.tasks.lidar_tokenizer.model import RangeAutoencoderExport, RangeDecoder, RangeEncoder
+
+    run, _ = trained_run
+    state = torch.load(run / "checkpoints" / "iter_000000006.pt", weights_only=True)
+    from toolkit.config import from_dict
+    from toolkit.tasks import build_task
+
+    task = build_task(from_dict(state["config"]).task)
+    model = task.build_model().eval()
+    model.load_state_dict(state["model"])
+    ema = task.build_model().eval()
+    ema.load_state_dict(state["ema"]["module"])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 32, 1084, generator=gen) * 80 + 0.5
+    x[:, :, 28:] = 0.0  # no-return pixels
+    with torch.no_grad():
+        latent = RangeEncoder(model)(x)
+        expected = {"enc": latent, "dec": RangeDecoder(model)(latent), "ema": RangeAutoencoderExport(ema)(x)}
+    torch.save({"x": x, "latent": latent, **{f"exp_{k}": v for k, v in expected.items()}}, tmp_path / "io.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        d = torch.load({str(tmp_path / 'io.pt')!r})
+        ck = {str(run / 'checkpoints')!r} + "/iter_000000006_"
+        out = {{"enc": torch.jit.load(ck + "enc.jit")(d["x"]), "dec": torch.jit.load(ck + "dec.jit")(d["latent"]),
+               "ema": torch.jit.load(ck + "ema.jit")(d["x"])}}
+        assert "toolkit" not in sys.modules
+        for k, v in out.items():
+            err = (v - d["exp_" + k]).abs().max().item()
+            assert v.shape == d["exp_" + k].shape, k
+            assert err <= 1e-5, (k, err)
+        print("ok", sorted(out))
+    """)
+    res = run_cli([sys.executable, "-c", script], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "ok ['dec', 'ema', 'enc']" in res.stdout
+
+
+def test_keep_prunes_old_checkpoints_and_their_exports(lidar_shards, tmp_path):
+    run = tmp_path / "prune"
+    Trainer(load_config(CONFIG, tiny_overrides(lidar_shards, run, **{"train.max_steps": 4, "checkpoint.every": 1,
+                                                                        "checkpoint.keep": 2, "eval.every": 0,
+                                                                        "log.image_every": 0}))).fit()
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert [n for n in names if n.endswith(".pt")] == ["iter_000000003.pt", "iter_000000004.pt"]
+    assert len(names) == 8
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    ck = Checkpointer(tmp_path, keep=5)
+    ck.save(1, {"model": {}, "step": 1})
+    ck.save(2, {"model": {}, "step": 2})
+    (tmp_path / "iter_000000002.pt").write_bytes(b"truncated")
+    state, path = ck.load_latest()
+    assert state["step"] == 1 and path.name == "iter_000000001.pt"
+
+
+def test_ema_tracks_the_weights():
+    from toolkit.engine.ema import EMA
+
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.5, warmup=False)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.module.weight, start + 0.5)
