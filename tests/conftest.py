@@ -44,6 +44,17 @@ def lidar_shards(synthetic_dataroot, tmp_path_factory) -> dict:
             "val": info["splits"]["val"]["pattern"]}
 
 
+@pytest.fixture(scope="session")
+def trained_run(lidar_shards, tmp_path_factory):
+    """One 6-step tiny run (checkpoints at 3 and 6), shared by the tests that only read its outputs."""
+    from toolkit.config import load_config
+    from toolkit.engine.trainer import Trainer
+
+    run = tmp_path_factory.mktemp("run") / "tiny"
+    summary = Trainer(load_config(REPO / "configs" / "lidar_tokenizer.yaml", tiny_overrides(lidar_shards, run))).fit()
+    return run, summary
+
+
 def tiny_overrides(shards: dict, run_dir: Path, **extra) -> list[str]:
     """Overrides that make configs/lidar_tokenizer.yaml a seconds-long CPU run on the test shards."""
     values = {

@@ -220,7 +220,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             file_cfg = OmegaConf.load(path)
             if not isinstance(file_cfg, type(OmegaConf.create({}))):
                 raise ConfigError(f"{source}: expected a mapping at the top level")
-        cli_cfg = OmegaConf.from_dotlist(overrides)
+        # "key=" means an empty string (OmegaConf would read None)
+        cli_cfg = OmegaConf.from_dotlist([f"{o}''" if o.endswith("=") else o for o in overrides])
         raw = OmegaConf.merge(file_cfg, cli_cfg)
     except ConfigError:
         raise

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, choices=["lidar_tokenizer"], help="task to evaluate")
     p.add_argument("--enc", help="encoder TorchScript file (iter_N_enc.jit)")
     p.add_argument("--dec", help="decoder TorchScript file (iter_N_dec.jit)")
+    p.add_argument("--run", help="run folder: use the newest checkpoint's enc/dec exports")
     p.add_argument("--checkpoint", help="iter_N.pt instead of --enc/--dec")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="checkpoint weights (default ema)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -53,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 def evaluate_lidar_tokenizer(args) -> dict:
     """Run the evaluation described in the module docstring; returns the JSON dict."""
     from toolkit.lidar.metrics import RangeErrorSums, downsample_baseline, factor_pairs
-    from toolkit.tasks.lidar_tokenizer.inference import Tokenizer, iter_frames
+    from toolkit.tasks.lidar_tokenizer.inference import Tokenizer, iter_frames, latest_exports
 
+    if args.run:
+        args.enc, args.dec = latest_exports(args.run)
     tok = Tokenizer(args.enc, args.dec, args.checkpoint, args.weights, args.device, args.dtype)
     lo = tok.min_range_m if args.min_range is None else args.min_range
     hi = tok.max_range_m if args.max_range is None else args.max_range

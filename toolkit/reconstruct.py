@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--enc", help="encoder TorchScript file (iter_N_enc.jit)")
     p.add_argument("--dec", help="decoder TorchScript file (iter_N_dec.jit)")
+    p.add_argument("--run", help="run folder: use the newest checkpoint's enc/dec exports")
     p.add_argument("--checkpoint", help="iter_N.pt instead of --enc/--dec (EMA weights)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--sample", help="a shard .tar or a .pcd.bin file")
@@ -108,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from toolkit.engine.checkpoint import CheckpointError
     from toolkit.lidar.metrics import RangeErrorSums
-    from toolkit.tasks.lidar_tokenizer.inference import Tokenizer, iter_frames
+    from toolkit.tasks.lidar_tokenizer.inference import Tokenizer, iter_frames, latest_exports
 
     out = Path(args.out)
     try:
+        if args.run:
+            args.enc, args.dec = latest_exports(args.run)
         tok = Tokenizer(args.enc, args.dec, args.checkpoint, "ema", args.device, args.dtype)
         frames = iter_frames(shards=args.shards, dataroot=args.dataroot, version=args.version, sample=args.sample,
                              max_frames=args.max_frames)

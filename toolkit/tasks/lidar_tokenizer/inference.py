@@ -95,6 +95,22 @@ def iter_frames(shards: str | None = None, dataroot: str | None = None, version:
     yield from take(from_dataroot())
 
 
+def latest_exports(run: str) -> tuple[str, str]:
+    """(enc, dec) JIT paths of the newest checkpoint in a run folder.
+
+    Raises:
+        FileNotFoundError: if the run has no complete checkpoint with exports.
+    """
+    from toolkit.engine.checkpoint import Checkpointer
+
+    ck = Checkpointer(Path(run) / "checkpoints")
+    for step, _ in reversed(ck.list()):
+        enc, dec = ck.export_path(step, "enc"), ck.export_path(step, "dec")
+        if enc.exists() and dec.exists():
+            return str(enc), str(dec)
+    raise FileNotFoundError(f"no checkpoint with enc/dec exports in '{run}/checkpoints'")
+
+
 class Tokenizer:
     """Encode/decode range maps in metres with JIT exports or a checkpoint.
 
