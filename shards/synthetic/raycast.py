@@ -20,6 +20,16 @@ _EPS = 1e-6
 _CHUNK = 24
 
 
+def _keep_nearest(best_t: np.ndarray, best_i: np.ndarray, t: np.ndarray, start: int) -> None:
+    """Update the running first hit (in place) with a chunk of (N, chunk) distances whose first
+    primitive has index ``start``."""
+    j = t.argmin(axis=1)
+    tj = t[np.arange(len(t)), j].astype(np.float64)
+    better = tj < best_t
+    best_t[better] = tj[better]
+    best_i[better] = start + j[better]
+
+
 def ray_ground(o: np.ndarray, d: np.ndarray, z: float = 0.0) -> np.ndarray:
     """Distance to the horizontal plane ``z`` (inf where the ray points away or is parallel)."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -60,11 +70,7 @@ def ray_boxes(o: np.ndarray, d: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarr
             tmin = lo if tmin is None else np.maximum(tmin, lo)
             tmax = hi if tmax is None else np.minimum(tmax, hi)
         t = np.where((tmax >= tmin) & (tmin > _EPS), tmin, np.float32(np.inf))
-        j = t.argmin(axis=1)
-        tj = t[np.arange(n), j].astype(np.float64)
-        better = tj < best_t
-        best_t[better] = tj[better]
-        best_i[better] = start + j[better]
+        _keep_nearest(best_t, best_i, t, start)
     return best_t, best_i
 
 
@@ -97,15 +103,11 @@ def ray_cylinders(o: np.ndarray, d: np.ndarray, cyl: np.ndarray) -> tuple[np.nda
         t_side = np.where(side_ok, t_side, np.inf)
         with np.errstate(divide="ignore", invalid="ignore"):
             t_cap = (cc[None, :, 2] + cc[None, :, 4] - o[:, None, 2]) / d[:, None, 2]
-        px = ox + t_cap * dx
-        py = oy + t_cap * dy
+            px = ox + t_cap * dx
+            py = oy + t_cap * dy
         cap_ok = (t_cap > _EPS) & (px * px + py * py <= cc[None, :, 3] ** 2)
         t = np.minimum(t_side, np.where(cap_ok, t_cap, np.inf))
-        j = t.argmin(axis=1)
-        tj = t[np.arange(n), j]
-        better = tj < best_t
-        best_t[better] = tj[better]
-        best_i[better] = start + j[better]
+        _keep_nearest(best_t, best_i, t, start)
     return best_t, best_i
 
 
@@ -129,11 +131,7 @@ def ray_spheres(o: np.ndarray, d: np.ndarray, sph: np.ndarray) -> tuple[np.ndarr
         disc = b * b - c
         t = -b - np.sqrt(np.maximum(disc, 0))
         t = np.where((disc >= 0) & (t > _EPS), t, np.inf)
-        j = t.argmin(axis=1)
-        tj = t[np.arange(n), j]
-        better = tj < best_t
-        best_t[better] = tj[better]
-        best_i[better] = start + j[better]
+        _keep_nearest(best_t, best_i, t, start)
     return best_t, best_i
 
 
