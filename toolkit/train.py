@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from toolkit.data.pipeline import ShardListError
     from toolkit.engine.checkpoint import CheckpointError
-    from toolkit.engine.trainer import Trainer
+    from toolkit.engine.trainer import STOP_EXIT, Trainer
 
     try:
         trainer = Trainer(cfg)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
         print(f"received {signal.Signals(signum).name}: checkpointing at the next step", file=sys.stderr)
-        trainer.request_stop()
+        trainer.request_stop(STOP_EXIT)
 
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, on_signal)

@@ -76,16 +76,28 @@ def check_precision(device: str, precision: str, *, torch_version: str | None = 
     return MIXED_PRECISION[precision]
 
 
+def check_world_size(device: str, world_size: int) -> None:
+    """MPS runs one process: gloo/NCCL cannot use it.
+
+    Raises:
+        ConfigError: for several ranks on MPS.
+    """
+    if device == "mps" and world_size > 1:
+        raise ConfigError(f"MPS runs one process, not {world_size}: launch one process (--cluster debug or "
+                          "python -m toolkit.train) or set train.device=cpu for several CPU ranks")
+
+
+def cast_for_device(value: torch.Tensor, device_type: str) -> torch.Tensor:
+    """float64 becomes float32 on MPS (which has no float64); everything else is unchanged."""
+    if device_type == "mps" and value.dtype == torch.float64:
+        return value.float()
+    return value
+
+
 def move_batch(batch: dict, device: torch.device) -> dict:
     """Move every tensor of a batch to ``device`` (float64 becomes float32 on MPS); other values stay."""
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            if device.type == "mps" and value.dtype == torch.float64:
-                value = value.float()
-            value = value.to(device, non_blocking=True)
-        out[key] = value
-    return out
+    return {key: cast_for_device(value, device.type).to(device, non_blocking=True)
+            if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -36,11 +36,14 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_s
 from toolkit.config import Config, run_dir, to_dict, to_yaml
 from toolkit.data.pipeline import SKIPPED_KEY, eval_loader, train_loader
 from toolkit.engine.checkpoint import Checkpointer, CheckpointError, rng_state, set_rng_state
-from toolkit.engine.device import check_precision, move_batch, peak_memory_mb, select_device
+from toolkit.engine.device import check_precision, check_world_size, move_batch, peak_memory_mb, select_device
 from toolkit.engine.ema import EMA
 from toolkit.engine.logger import RunLogger
 from toolkit.engine.optim import build_optimizer, build_scheduler
 from toolkit.tasks import build_task
+
+STOP_EXIT = 1     #: checkpoint and stop (SIGTERM / SIGUSR1, a scheduler killing the job)
+STOP_REQUEUE = 2  #: checkpoint, stop, and let the launcher requeue the job (time limit, preemption notice)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -69,6 +72,7 @@ class Trainer:
         self.run_dir = run_dir(cfg)
         device = select_device(cfg.train.device)
         mixed = check_precision(device, cfg.train.precision)
+        check_world_size(device, int(os.environ.get("WORLD_SIZE", "1")))
         ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed, kwargs_handlers=[ddp])
         self.device = self.accelerator.device
@@ -89,15 +93,27 @@ class Trainer:
         self.step = 0
         self.resumed_from: Path | None = None
         self._val_batch = None
+        self._stop_request = 0
 
     # ------------------------------------------------------------------------------------------ utils
     @property
     def unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
 
-    def request_stop(self) -> None:
-        """Ask every rank to checkpoint and stop at the next step boundary (safe from a signal handler)."""
-        self.accelerator.set_trigger()
+    def request_stop(self, code: int = STOP_EXIT) -> None:
+        """Ask every rank to checkpoint and stop at the next step boundary.
+
+        Safe to call from a signal handler, on any one rank, before or during :meth:`fit`; the ranks
+        agree on the largest code requested anywhere (:data:`STOP_EXIT` or :data:`STOP_REQUEUE`).
+        """
+        self._stop_request = max(self._stop_request, int(code))
+
+    def _agreed_stop_code(self) -> int:
+        """The largest stop code requested on any rank (one small all-reduce per step)."""
+        code = torch.tensor([self._stop_request], dtype=torch.int32, device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(code, op=torch.distributed.ReduceOp.MAX)
+        return int(code.item())
 
     def _state(self) -> dict:
         """Checkpoint content; called on every rank (RNG states are gathered), used on the main one."""
@@ -251,6 +267,7 @@ class Trainer:
         window = defaultdict(float)
         window_steps, window_time = 0, 0.0
         status = "finished"
+        stop = 0
         self.model.train()
         t_start = time.time()
 
@@ -312,7 +329,7 @@ class Trainer:
                                          or self.step == cfg.train.max_steps)
             if eval_now:
                 self._run_eval(logger)
-            stop = acc.check_trigger()
+            stop = self._agreed_stop_code()
             if stop or self.step % cfg.checkpoint.every == 0 or self.step == cfg.train.max_steps:
                 path = self.save_checkpoint()
                 if path is not None:
@@ -324,7 +341,7 @@ class Trainer:
 
         logger.flush()
         elapsed = time.time() - t_start
-        summary = {"status": status, "step": self.step, "max_steps": cfg.train.max_steps,
+        summary = {"status": status, "stop_code": stop if status == "stopped" else 0, "step": self.step, "max_steps": cfg.train.max_steps,
                    "run_dir": str(self.run_dir), "parameters": self.n_params, "trainable_parameters": self.n_trainable,
                    "world_size": self.world_size, "device": str(self.device), "precision": cfg.train.precision,
                    "train_seconds": round(elapsed, 2), "peak_mem_mb": round(peak_memory_mb(self.device), 1),

@@ -1,0 +1,168 @@
+"""python -m launch against a real single-node SLURM (munge, slurmctld, slurmd started here) and locally.
+
+The cluster is started by the session fixture with slurm/local-cluster.sh (apt-get installs it when
+missing; root needed) and stopped at the end.
+"""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli, tiny_overrides
+
+CONFIG = str(REPO / "configs" / "lidar_tokenizer.yaml")
+SCRIPT = REPO / "slurm" / "local-cluster.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_env(tmp_path_factory):
+    state = tmp_path_factory.mktemp("slurm-state")
+    env = {**os.environ, "TOOLKIT_SLURM_STATE": str(state)}
+    subprocess.run(["bash", str(SCRIPT), "stop"], env={**os.environ}, capture_output=True, timeout=120)
+    res = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600)
+    if res.returncode != 0:
+        pytest.fail(f"local SLURM cluster did not start:\n{res.stderr[-3000:]}")
+    env["SLURM_CONF"] = str(state / "slurm.conf")
+    yield env
+    subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _launch(env, *args, timeout=120):
+    res = run_cli(["-m", "launch", "--config", CONFIG, *args], env=env, timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def _job_id(stdout: str) -> str:
+    return next(line.split()[2] for line in stdout.splitlines() if line.startswith("submitted job"))
+
+
+def _squeue_state(env, job_id):
+    res = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=env, capture_output=True, text=True)
+    return res.stdout.strip()
+
+
+def _release_requeue_hold(env, job_id):
+    """SLURM holds a requeued job for ~2 min (PENDING, reason BeginTime); start it now instead."""
+    res = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], env=env, capture_output=True, text=True)
+    if res.stdout.split() == ["PENDING", "BeginTime"]:
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, capture_output=True)
+
+
+def _wait_for(predicate, timeout, what, env=None, job_id=None):
+    start = time.time()
+    while time.time() - start < timeout:
+        if predicate():
+            return
+        if env and job_id:
+            _release_requeue_hold(env, job_id)
+        time.sleep(2)
+    detail = ""
+    if env and job_id:
+        detail = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{detail}")
+
+
+def _finished(run: Path) -> bool:
+    path = run / "summary.json"
+    return path.exists() and json.loads(path.read_text()).get("status") == "finished"
+
+
+def _logs(run: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted((run / "submitit").rglob("*_log.*")))
+
+
+def _final_model(run: Path, step: int) -> dict:
+    return torch.load(run / "checkpoints" / f"iter_{step:09d}.pt", weights_only=True)["model"]
+
+
+def _overrides(shards, run, steps, **extra):
+    values = {"train.max_steps": steps, "checkpoint.every": 5, "checkpoint.keep": 50, "eval.every": 0,
+              "log.every": 5, "log.image_every": 10, "data.num_workers": 1, **extra}
+    return tiny_overrides(shards, run, **values)
+
+
+def test_dry_run_prints_the_sbatch_script_and_submits_nothing(tmp_path, slurm_env):
+    run = tmp_path / "dry"
+    res = _launch(slurm_env, "--cluster", "slurm", "--profile", "local", "--time", "7", "--dry-run",
+                  f"run.dir={run}", "train.max_steps=5")
+    out = res.stdout
+    for line in ("#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=1", "#SBATCH --partition=debug",
+                 "#SBATCH --time=7", "#SBATCH --signal=URG@60", "#SBATCH --requeue", "srun "):
+        assert line in out, line
+    assert f"# run folder: {run}" in out and '"max_steps": 5' in out
+    assert not (run / "submitit").exists()
+
+
+def test_profile_and_config_errors(tmp_path, slurm_env):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("partition: debug\ngpus: 4\n")
+    res = run_cli(["-m", "launch", "--config", CONFIG, "--cluster", "slurm", "--profile", str(bad), "--dry-run"])
+    assert res.returncode == 2 and "unknown key(s) ['gpus']" in res.stderr
+    res = run_cli(["-m", "launch", "--config", CONFIG, "--cluster", "slurm", "--profile", "nope", "--dry-run"])
+    assert res.returncode == 2 and "profile 'nope' not found" in res.stderr
+    res = run_cli(["-m", "launch", "--config", CONFIG, "--cluster", "local", "--nodes", "2", "--dry-run"])
+    assert res.returncode == 2 and "runs on one node" in res.stderr
+
+
+@pytest.mark.slow
+def test_local_and_slurm_runs_complete_and_a_preempted_job_resumes_exactly(lidar_shards, tmp_path, slurm_env):
+    steps = 40
+    # 1. reference: --cluster local, 2 tasks, uninterrupted
+    ref = tmp_path / "local"
+    _launch(slurm_env, "--cluster", "local", "--tasks-per-node", "2", "--time", "20", "--wait",
+            *_overrides(lidar_shards, ref, steps), timeout=600)
+    assert _finished(ref), _logs(ref)
+    summary = json.loads((ref / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == steps and summary["resumed_from"] is None
+
+    # 2. the same run on SLURM (2 tasks, gloo), preempted with `scontrol requeue` half-way
+    run = tmp_path / "slurm"
+    res = _launch(slurm_env, "--cluster", "slurm", "--profile", "local", *_overrides(lidar_shards, run, steps))
+    job = _job_id(res.stdout)
+    _wait_for(lambda: (run / "checkpoints" / "iter_000000015.pt").exists(), 300, "a checkpoint at step 15",
+              slurm_env, job)
+    assert not (run / "checkpoints" / f"iter_{steps:09d}.pt").exists(), "finished before it could be preempted"
+    subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
+    _wait_for(lambda: _finished(run), 600, "the requeued job to finish", slurm_env, job)
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == steps
+    assert summary["resumed_from"] is not None, "the requeued job did not resume from a checkpoint"
+    resumed_at = int(Path(summary["resumed_from"]).stem.split("_")[1])
+    assert 15 <= resumed_at < steps
+    logs = _logs(run)
+    assert "SIGTERM: checkpointing at the next step" in logs
+    # checkpoints, JIT exports and TensorBoard logs are all in the run folder
+    assert (run / "checkpoints" / f"iter_{steps:09d}_enc.jit").exists()
+    assert (run / "checkpoints" / f"iter_{steps:09d}_ema.jit").exists()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    # the interrupted-and-resumed run ends exactly where the uninterrupted one does
+    final, reference = _final_model(run, steps), _final_model(ref, steps)
+    for key in reference:
+        assert torch.equal(final[key], reference[key]), key
+
+
+@pytest.mark.slow
+def test_time_limit_checkpoints_and_requeues_through_submitit(lidar_shards, tmp_path, slurm_env):
+    """A 1-minute limit with the signal 40 s before it: submitit's checkpoint path writes a checkpoint,
+    requeues the job and the next run resumes, until the work is done."""
+    steps = 400
+    run = tmp_path / "timeout"
+    res = _launch(slurm_env, "--cluster", "slurm", "--profile", "local", "--time", "1", "--signal-delay", "40",
+                  "--max-requeues", "6", *_overrides(lidar_shards, run, steps, **{"checkpoint.every": 1000}))
+    job = _job_id(res.stdout)
+    _wait_for(lambda: _finished(run), 900, "the job to finish across time-outs", slurm_env, job)
+    logs = _logs(run)
+    assert "SIGURG (time-limit or preemption notice)" in logs
+    assert "handing over to submitit to requeue" in logs
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == steps and summary["resumed_from"] is not None
+    # checkpoint.every is larger than the run: every checkpoint but the last was written on the signal
+    steps_saved = sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("iter_*.pt"))
+    assert len(steps_saved) >= 2 and steps_saved[-1] == steps and all(0 < s < steps for s in steps_saved[:-1])
