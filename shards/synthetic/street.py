@@ -424,6 +424,57 @@ def lidar_pose_at(street: Street, t: float, pitch_jitter: float = 0.0, roll_jitt
     return pose
 
 
+class _ColumnCuller:
+    """Cast each primitive only against the azimuth columns it can cover.
+
+    Rays are stored column by column (index = column * n_rings + ring), so the rays of a column span
+    are one contiguous slice. A primitive with horizontal bounding radius ``r`` at distance ``D`` from
+    the sensor covers azimuths within asin((r + margin) / D) of its centre; ``margin`` covers the
+    sensor's own motion during the sweep.
+    """
+
+    def __init__(self, o_end, rot, az0: float, step: float, n_rings: int, width: int, margin: float):
+        self.o_end, self.rot, self.az0, self.step = o_end, rot, az0, step
+        self.n_rings, self.width, self.margin = n_rings, width, margin
+
+    def spans(self, centres_xy: np.ndarray, radii: np.ndarray) -> list[list[slice]]:
+        rel = np.zeros((len(centres_xy), 3))
+        rel[:, :2] = centres_xy - self.o_end[None, :2]
+        local = rel @ self.rot  # road -> lidar frame (rotation only; z is irrelevant for azimuth)
+        dist = np.hypot(local[:, 0], local[:, 1])
+        az = np.arctan2(local[:, 1], local[:, 0])
+        reach = radii + self.margin
+        out = []
+        for a, dd, r in zip(az, dist, reach):
+            if dd <= r * 1.05:
+                out.append([slice(0, self.width * self.n_rings)])
+                continue
+            half = np.arcsin(min(1.0, r / dd)) / self.step + 2
+            centre = np.mod(self.az0 - a, 2 * np.pi) / self.step
+            c0, c1 = int(np.floor(centre - half)), int(np.ceil(centre + half))
+            if c1 - c0 + 1 >= self.width:
+                out.append([slice(0, self.width * self.n_rings)])
+                continue
+            pieces = [(c0, c1)] if 0 <= c0 and c1 < self.width else (
+                [(c0 % self.width, self.width - 1), (0, c1 % self.width)] if c0 < 0 else
+                [(c0, self.width - 1), (0, c1 - self.width)])
+            out.append([slice(a0 * self.n_rings, (b0 + 1) * self.n_rings) for a0, b0 in pieces])
+        return out
+
+    def cast(self, fn, origins, dirs, prims, centres_xy, radii):
+        """First hit of every ray with ``prims`` through ``fn`` (a ``ray_*`` function), culled by column."""
+        n = len(dirs)
+        best_t = np.full(n, np.inf)
+        best_i = np.full(n, -1, dtype=np.int64)
+        for j, pieces in enumerate(self.spans(centres_xy, radii)):
+            for sl in pieces:
+                t, hit = fn(origins[sl], dirs[sl], prims[j:j + 1])
+                better = (hit >= 0) & (t < best_t[sl])
+                best_t[sl] = np.where(better, t, best_t[sl])
+                best_i[sl] = np.where(better, j, best_i[sl])
+        return best_t, best_i
+
+
 def render_sweep(street: Street, t_end: float, rng: np.random.Generator, sensor: SpinningLidar = HDL32E,
                  view_range: float = 115.0) -> Sweep:
     """Ray-cast one sweep ending at ``t_end`` (s) from the ego of ``street``.
@@ -455,10 +506,12 @@ def render_sweep(street: Street, t_end: float, rng: np.random.Generator, sensor:
     ssel = nearby(sphs[:, :2], sphs[:, 3])
 
     n = len(d)
+    cull = _ColumnCuller(o_end, rot, az[0], np.radians(sensor.azimuth_step_deg), n_rings, width,
+                         margin=street.ego_speed * sensor.sweep_s + 0.5)
     t_g = ray_ground(origins, d)
-    t_b, i_b = ray_boxes(origins, d, boxes[bsel])
-    t_c, i_c = ray_cylinders(origins, d, cyls[csel])
-    t_s, i_s = ray_spheres(origins, d, sphs[ssel])
+    t_b, i_b = cull.cast(ray_boxes, origins, d, boxes[bsel], boxes[bsel, :2], np.hypot(boxes[bsel, 3], boxes[bsel, 4]))
+    t_c, i_c = cull.cast(ray_cylinders, origins, d, cyls[csel], cyls[csel, :2], cyls[csel, 3])
+    t_s, i_s = cull.cast(ray_spheres, origins, d, sphs[ssel], sphs[ssel, :2], sphs[ssel, 3])
     t_all = np.stack([t_g, t_b, t_c, t_s], 1)
     kind = t_all.argmin(1)
     t_hit = t_all[np.arange(n), kind]
