@@ -119,7 +119,7 @@ class RangeTokenizer(nn.Module):
     def forward(self, range_m: torch.Tensor) -> dict[str, torch.Tensor]:
         target = self.codec.normalize(range_m)
         valid = self.codec.layout(self.codec.valid(range_m).to(target.dtype))
-        recon, latent = self.autoencoder(target)
+        recon, latent = self.autoencoder(target.contiguous(memory_format=torch.channels_last))
         return {"recon": recon, "target": target, "valid": valid, "latent": latent}
 
     def reconstruct(self, range_m: torch.Tensor) -> torch.Tensor:

@@ -107,7 +107,8 @@ class LidarTokenizerTask(Task):
     def build_model(self) -> RangeTokenizer:
         c = self.cfg
         codec = RangeCodec(c.min_range_m, c.max_range_m, c.normalization, c.fill_invalid, c.row_repeat)
-        return RangeTokenizer(c.autoencoder_config(), codec)
+        # channels-last convolutions are ~10% faster on CPU (oneDNN) and on tensor-core GPUs
+        return RangeTokenizer(c.autoencoder_config(), codec).to(memory_format=torch.channels_last)
 
     # --- data -----------------------------------------------------------------------------------
     def _range(self, sample: dict) -> np.ndarray:
