@@ -1,0 +1,292 @@
+"""WebDataset input pipelines: the one way training and evaluation read data.
+
+Training (:func:`train_loader`): an *infinite*, deterministic stream per (rank, worker), so every rank
+runs the same number of steps whatever the shard count (WebDataset's resampled-shards recipe, as in
+open_clip; the engine counts steps, which replaces ``with_epoch``)::
+
+    resampled shard names (seeded by seed, rank, worker) -> tar samples -> shuffle buffer (raw bytes)
+      -> fast-forward (resume) -> task decode (per-sample RNG) -> batch -> WebLoader(batch_size=None)
+
+Evaluation (:func:`eval_loader`): one finite pass, shards split by node (rank) and by worker, so each
+sample is read exactly once across all ranks and workers.
+
+Corrupt data never stops a run: an unreadable shard, a truncated tar or a sample the task cannot
+decode is skipped, warned about (first few per worker) and *counted*; the count travels with the
+next batch under the key ``"__skipped__"`` and the engine logs the running total.
+
+Exact resume: the stream is a pure function of (seed, rank, worker, position), and augmentation
+randomness is drawn from a per-sample generator, so skipping the first ``k`` samples before decoding
+(``skip_batches``) reproduces the uninterrupted run's batches exactly. Skipping reads but does not
+decode the skipped samples. Do not pass these loaders to ``accelerator.prepare`` (it would re-shard or
+broadcast the stream); move batches with ``.to(device)``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import random
+import signal
+import sys
+from itertools import islice
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import default_collate
+
+SKIPPED_KEY = "__skipped__"
+DecodeFn = Callable[[dict, np.random.Generator], dict]
+
+
+class ShardListError(FileNotFoundError):
+    """A shard specification that matches no file."""
+
+
+def expand_shards(spec: str | list[str], must_exist: bool = True) -> list[str]:
+    """Expand a shard specification into a list of paths or URLs.
+
+    Accepts WebDataset brace notation (``train-{000000..000009}.tar``), ``::``-joined sources, shell
+    globs (``train-*.tar``) and lists of those.
+
+    Raises:
+        ShardListError: naming the specification when nothing matches, or a local file is missing.
+    """
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for s in specs:
+        for url in wds.shardlists.expand_urls(os.path.expanduser(s)):
+            if any(c in url for c in "*?[") and "://" not in url:
+                matches = sorted(glob.glob(url))
+                if not matches:
+                    raise ShardListError(f"shard pattern '{s}' matches no file")
+                out.extend(matches)
+            else:
+                out.append(url)
+    if not out:
+        raise ShardListError(f"shard specification '{spec}' is empty")
+    if must_exist:
+        missing = [u for u in out if "://" not in u and not u.startswith("pipe:") and not os.path.exists(u)]
+        if missing:
+            raise ShardListError(f"{len(missing)} of {len(out)} shards of '{spec}' do not exist, e.g. '{missing[0]}'")
+    return out
+
+
+def _stage(fn, *args):
+    """A picklable WebDataset pipeline stage ``src -> fn(src, *args)``."""
+    return wds.filters.pipelinefilter(fn)(*args)
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+def _worker(skip_batches: int = 0) -> tuple[int, int]:
+    """(stream id, number of workers) of the calling DataLoader worker.
+
+    The loader takes batch i from worker i % W. A loader resumed after ``skip_batches`` batches starts
+    again at worker 0, so its worker w plays the stream of worker (w + skip_batches) % W of the
+    uninterrupted run; that keeps the batch order identical across a resume.
+    """
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return 0, 1
+    return (info.id + skip_batches) % info.num_workers, info.num_workers
+
+
+class CorruptDataError(RuntimeError):
+    """Too many consecutive unreadable shards or samples: the data is not what the config says."""
+
+
+class SkipCounter:
+    """Exception handler for WebDataset stages that warns, counts and continues.
+
+    One instance is shared by the stages of a pipeline; each worker process holds its own copy. After
+    ``max_consecutive`` failures without a single good sample it raises :class:`CorruptDataError`
+    (an infinite resampled stream of corrupt data would otherwise spin silently).
+    """
+
+    def __init__(self, max_warnings: int = 5, max_consecutive: int = 200):
+        self.count = 0
+        self.consecutive = 0
+        self.max_warnings = max_warnings
+        self.max_consecutive = max_consecutive
+
+    def ok(self) -> None:
+        self.consecutive = 0
+
+    def __call__(self, exn: BaseException) -> bool:
+        self.count += 1
+        self.consecutive += 1
+        if self.consecutive > self.max_consecutive:
+            raise CorruptDataError(f"{self.consecutive} consecutive unreadable shards or samples; last: "
+                                   f"{type(exn).__name__}: {str(exn)[:300]}")
+        if self.count <= self.max_warnings:
+            print(f"[data] skipped corrupt data ({type(exn).__name__}: {str(exn)[:300]})", file=sys.stderr)
+        elif self.count == self.max_warnings + 1:
+            print("[data] more corrupt data skipped; further warnings suppressed (see data/skipped)", file=sys.stderr)
+        return True
+
+    def take(self) -> int:
+        n, self.count = self.count, 0
+        return n
+
+
+class _ResampledShards(torch.utils.data.IterableDataset):
+    """Infinite stream of ``{"url": ...}`` drawn with replacement, seeded by (seed, rank, worker)."""
+
+    def __init__(self, urls: list[str], seed: int, rank: int, skip_batches: int = 0):
+        super().__init__()
+        self.urls, self.seed, self.rank, self.skip_batches = urls, seed, rank, skip_batches
+
+    def __iter__(self):
+        worker, _ = _worker(self.skip_batches)
+        rng = random.Random(_seed(self.seed, self.rank, worker, "shards"))
+        while True:
+            yield {"url": self.urls[rng.randrange(len(self.urls))]}
+
+
+def _shuffle(src: Iterable[dict], bufsize: int, seed: int, rank: int, skip_batches: int = 0) -> Iterator[dict]:
+    worker, _ = _worker(skip_batches)
+    if bufsize <= 1:
+        yield from src
+        return
+    rng = random.Random(_seed(seed, rank, worker, "shuffle"))
+    buf: list[dict] = []
+    for sample in src:
+        buf.append(sample)
+        if len(buf) < bufsize:
+            continue
+        k = rng.randrange(len(buf))
+        buf[k], buf[-1] = buf[-1], buf[k]
+        yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _worker_share(skip_batches: int) -> int:
+    """Batches of the first ``skip_batches`` loader batches that came from this worker: the loader
+    takes batch i from worker i % W."""
+    worker, workers = _worker(skip_batches)
+    return (skip_batches - worker + workers - 1) // workers if skip_batches > worker else 0
+
+
+def _fast_forward(src: Iterable[dict], skip_batches: int, batch_size: int) -> Iterator[dict]:
+    """Drop (unread-decoded) the raw samples of this worker's share of the first ``skip_batches``."""
+    it = iter(src)
+    for _ in islice(it, _worker_share(skip_batches) * batch_size):
+        pass
+    yield from it
+
+
+def _decode(src: Iterable[dict], fn: DecodeFn, seed: int, rank: int, counter: SkipCounter,
+            skip_batches: int = 0, batch_size: int = 0) -> Iterator[dict]:
+    """Apply the task's decode with a per-sample generator seeded by the sample's stream position,
+    so randomness does not depend on whether earlier samples were decoded or fast-forwarded."""
+    worker, _ = _worker(skip_batches)
+    index = _worker_share(skip_batches) * batch_size
+    for sample in src:
+        rng = np.random.default_rng(_seed(seed, rank, worker, "sample", index))
+        index += 1
+        try:
+            out = fn(sample, rng)
+        except Exception as exn:  # noqa: BLE001 - any decode failure is a counted skip
+            key = sample.get("__key__", "?")
+            exn.args = (f"{sample.get('__url__', '?')}: sample '{key}': {exn}",)
+            counter(exn)
+            continue
+        if out is not None:
+            counter.ok()
+            yield out
+
+
+def _batch(src: Iterable[dict], batch_size: int, counter: SkipCounter, partial: bool) -> Iterator[dict]:
+    """Collate ``batch_size`` samples; each batch carries the skips counted before it is handed on.
+
+    One finished batch is held back until the next one is complete (or the stream ends), so skips that
+    happen after the last sample of a finite stream still reach the consumer.
+    """
+    buf: list[dict] = []
+    pending = None
+    for sample in src:
+        buf.append(sample)
+        if len(buf) == batch_size:
+            if pending is not None:
+                pending[SKIPPED_KEY] = counter.take()
+                yield pending
+            pending, buf = default_collate(buf), []
+    if buf and partial:
+        if pending is not None:
+            pending[SKIPPED_KEY] = counter.take()
+            yield pending
+        pending = default_collate(buf)
+    if pending is not None:
+        pending[SKIPPED_KEY] = counter.take()
+        yield pending
+
+
+def train_loader(shards: str | list[str], decode: DecodeFn, batch_size: int, *, seed: int, rank: int = 0,
+                 num_workers: int = 2, shuffle_buffer: int = 1000, skip_batches: int = 0) -> wds.WebLoader:
+    """Infinite training loader: every ``next()`` gives one batch (dict of stacked tensors).
+
+    Args:
+        shards: shard specification (see :func:`expand_shards`).
+        decode: ``decode(sample_bytes_dict, rng) -> dict of arrays`` from the task; may raise on bad data.
+        batch_size: samples per batch on this rank.
+        seed, rank: the stream is a pure function of (seed, rank, worker, position).
+        num_workers: DataLoader worker processes (0 = in-process).
+        shuffle_buffer: raw samples held for shuffling (before decode, so the buffer holds compact bytes).
+        skip_batches: batches of this loader already consumed (exact resume).
+
+    Raises:
+        ShardListError: if ``shards`` matches nothing.
+    """
+    urls = expand_shards(shards)
+    counter = SkipCounter()
+    pipeline = wds.DataPipeline(
+        _ResampledShards(urls, seed, rank, skip_batches),
+        wds.tarfile_to_samples(handler=counter),
+        _stage(_shuffle, shuffle_buffer, seed, rank, skip_batches),
+        _stage(_fast_forward, skip_batches, batch_size),
+        _stage(_decode, decode, seed, rank, counter, skip_batches, batch_size),
+        _stage(_batch, batch_size, counter, False),
+    )
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
+                         persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers > 0 else None)
+
+
+def _worker_init(_worker_id: int) -> None:
+    """DataLoader workers ignore stop signals: a scheduler signals every process of a job step, and the
+    training process must stay alive to write its checkpoint; it shuts its workers down itself."""
+    for sig in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, sig):
+            signal.signal(getattr(signal, sig), signal.SIG_IGN)
+
+
+def _split_by_rank(src: Iterable, rank: int, world_size: int) -> Iterator:
+    yield from islice(src, rank, None, world_size)
+
+
+def eval_loader(shards: str | list[str], decode: DecodeFn, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                num_workers: int = 0, seed: int = 0) -> wds.WebLoader:
+    """One finite pass over ``shards``, split by node (rank) then by worker; last batch may be short.
+
+    Every sample is read exactly once across all ranks and workers. With fewer shards than
+    ``world_size * num_workers`` some workers get none, which is fine (they yield nothing).
+
+    Raises:
+        ShardListError: if ``shards`` matches nothing.
+    """
+    urls = expand_shards(shards)
+    counter = SkipCounter()
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(urls),
+        _stage(_split_by_rank, rank, world_size),
+        wds.split_by_worker,
+        wds.tarfile_to_samples(handler=counter),
+        _stage(_decode, decode, seed, rank, counter),
+        _stage(_batch, batch_size, counter, True),
+    )
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init)
