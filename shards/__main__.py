@@ -8,7 +8,6 @@ Commands:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 

@@ -9,7 +9,6 @@ Scenes can be held out for validation: ``val_fraction`` of the scenes, chosen by
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 

@@ -81,5 +81,5 @@ def run_cli(args: list[str], timeout: float = 600, env: dict | None = None, cwd:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        raise AssertionError(f"{' '.join(map(str, cmd[:6]))} ... timed out after {timeout} s\n{err[-3000:]}")
+        raise AssertionError(f"{' '.join(map(str, cmd[:6]))} ... timed out after {timeout} s\n{err[-3000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

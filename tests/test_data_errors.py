@@ -4,7 +4,6 @@ import io
 import shutil
 import tarfile
 
-import numpy as np
 import pytest
 
 from conftest import run_cli

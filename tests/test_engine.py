@@ -4,7 +4,6 @@ import json
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 

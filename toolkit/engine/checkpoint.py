@@ -99,7 +99,7 @@ class Checkpointer:
 
     def load_latest(self) -> tuple[dict, Path] | None:
         """The newest checkpoint that loads, or None if there is none; damaged ones are reported and skipped."""
-        for step, path in reversed(self.list()):
+        for _step, path in reversed(self.list()):
             try:
                 return self.load(path), path
             except CheckpointError as exc:

@@ -2,8 +2,8 @@
 
 TensorBoard event files go to ``RUN/tb`` (``tensorboard --logdir runs/`` shows every run). The same
 scalars are appended to ``RUN/metrics.jsonl`` (one JSON object per log step) for scripts and reports.
-The console gets a tqdm progress bar with ETA (when ``progress`` is on; in non-interactive logs it
-refreshes at most every 30 s) and one concise line per log step. Other ranks log nothing.
+The console gets a tqdm progress bar with ETA (when ``progress`` is on and stderr is a terminal; job
+logs get only the lines) and one concise line per log step, with its own ETA. Other ranks log nothing.
 """
 
 from __future__ import annotations
@@ -46,12 +46,11 @@ class RunLogger:
 
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
         self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a", buffering=1)
-        if progress:
+        if progress and sys.stderr.isatty():
             from tqdm import tqdm
 
-            interactive = sys.stderr.isatty()
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-                            mininterval=0.5 if interactive else 30.0, file=sys.stderr)
+                            mininterval=0.5, file=sys.stderr)
 
     def print(self, msg: str) -> None:
         if not self.enabled:
