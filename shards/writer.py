@@ -37,8 +37,9 @@ class AtomicShardWriter:
         self.shards: list[str] = []
         self.counts: list[int] = []
         self._count = 0
+        # a fixed integer mtime: no per-member PAX header (faster to read) and byte-reproducible shards
         self._writer = wds.ShardWriter(str(self.out / f"{prefix}-%06d.tar.tmp"), maxcount=maxcount,
-                                       maxsize=maxsize, post=self._finish, verbose=0)
+                                       maxsize=maxsize, post=self._finish, verbose=0, mtime=0)
 
     def _finish(self, tmp_name: str) -> None:
         final = tmp_name[: -len(".tmp")]

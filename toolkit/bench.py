@@ -40,7 +40,8 @@ def bench_loader(cfg, samples: int = 512) -> dict:
     n_batches = max(2, samples // bs)
 
     loader = train_loader(cfg.data.train, task.decode_train, bs, seed=cfg.run.seed,
-                          num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer)
+                          num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
+                          keys=task.shard_keys)
     it = iter(loader)
     next(it)  # start the workers and fill the pipeline once
     t0 = time.perf_counter()

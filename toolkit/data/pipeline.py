@@ -166,6 +166,27 @@ def _shuffle(src: Iterable[dict], bufsize: int, seed: int, rank: int, skip_batch
     yield from buf
 
 
+class _KeepKeys:
+    """Picklable ``select_files`` predicate: keep members whose extension is in ``keys``."""
+
+    def __init__(self, keys):
+        self.keys = frozenset(keys)
+
+    def __call__(self, fname: str) -> bool:
+        return fname.split(".", 1)[-1].lower() in self.keys
+
+
+def _tar_samples(src: Iterable[dict], handler: SkipCounter, keys=None, bufsize: int = 1 << 20) -> Iterator[dict]:
+    """webdataset's ``tarfile_to_samples`` with a 1 MiB read buffer, keeping only the members whose
+    extension is in ``keys`` (None = all): the others are skipped while streaming and never reach the
+    shuffle buffer."""
+    from webdataset import tariterators
+
+    streams = tariterators.url_opener(src, handler=handler, bufsize=bufsize)
+    files = tariterators.tar_file_expander(streams, handler=handler, select_files=_KeepKeys(keys) if keys else None)
+    return tariterators.group_by_keys(files, handler=handler)
+
+
 def _worker_share(skip_batches: int) -> int:
     """Batches of the first ``skip_batches`` loader batches that came from this worker: the loader
     takes batch i from worker i % W."""
@@ -228,7 +249,8 @@ def _batch(src: Iterable[dict], batch_size: int, counter: SkipCounter, partial: 
 
 
 def train_loader(shards: str | list[str], decode: DecodeFn, batch_size: int, *, seed: int, rank: int = 0,
-                 num_workers: int = 2, shuffle_buffer: int = 1000, skip_batches: int = 0) -> wds.WebLoader:
+                 num_workers: int = 2, shuffle_buffer: int = 1000, skip_batches: int = 0,
+                 keys: tuple[str, ...] | None = None) -> wds.WebLoader:
     """Infinite training loader: every ``next()`` gives one batch (dict of stacked tensors).
 
     Args:
@@ -239,6 +261,7 @@ def train_loader(shards: str | list[str], decode: DecodeFn, batch_size: int, *, 
         num_workers: DataLoader worker processes (0 = in-process).
         shuffle_buffer: raw samples held for shuffling (before decode, so the buffer holds compact bytes).
         skip_batches: batches of this loader already consumed (exact resume).
+        keys: sample members (extensions such as ``range.npy``) to read; None = all.
 
     Raises:
         ShardListError: if ``shards`` matches nothing.
@@ -247,7 +270,7 @@ def train_loader(shards: str | list[str], decode: DecodeFn, batch_size: int, *, 
     counter = SkipCounter()
     pipeline = wds.DataPipeline(
         _ResampledShards(urls, seed, rank, skip_batches),
-        wds.tarfile_to_samples(handler=counter),
+        _stage(_tar_samples, counter, keys),
         _stage(_shuffle, shuffle_buffer, seed, rank, skip_batches),
         _stage(_fast_forward, skip_batches, batch_size),
         _stage(_decode, decode, seed, rank, counter, skip_batches, batch_size),
@@ -270,7 +293,7 @@ def _split_by_rank(src: Iterable, rank: int, world_size: int) -> Iterator:
 
 
 def eval_loader(shards: str | list[str], decode: DecodeFn, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                num_workers: int = 0, seed: int = 0) -> wds.WebLoader:
+                num_workers: int = 0, seed: int = 0, keys: tuple[str, ...] | None = None) -> wds.WebLoader:
     """One finite pass over ``shards``, split by node (rank) then by worker; last batch may be short.
 
     Every sample is read exactly once across all ranks and workers. With fewer shards than
@@ -285,7 +308,7 @@ def eval_loader(shards: str | list[str], decode: DecodeFn, batch_size: int, *, r
         wds.SimpleShardList(urls),
         _stage(_split_by_rank, rank, world_size),
         wds.split_by_worker,
-        wds.tarfile_to_samples(handler=counter),
+        _stage(_tar_samples, counter, keys),
         _stage(_decode, decode, seed, rank, counter),
         _stage(_batch, batch_size, counter, True),
     )

@@ -193,7 +193,8 @@ class Trainer:
         ``model`` is an unwrapped module (not DDP): evaluation runs no collective inside the forward."""
         cfg = self.cfg
         loader = eval_loader(cfg.data.val, self.task.decode_eval, cfg.data.val_batch_size or cfg.data.batch_size,
-                             rank=self.rank, world_size=self.world_size, num_workers=0, seed=cfg.run.seed)
+                             rank=self.rank, world_size=self.world_size, num_workers=0, seed=cfg.run.seed,
+                             keys=self.task.shard_keys)
         was_training = model.training
         model.eval()
         sums: dict[str, float] = defaultdict(float)
@@ -215,7 +216,7 @@ class Trainer:
             return
         if self._val_batch is None and self.cfg.data.val:
             first = next(iter(eval_loader(self.cfg.data.val, self.task.decode_eval, self.cfg.data.batch_size,
-                                          num_workers=0, seed=self.cfg.run.seed)), None)
+                                          num_workers=0, seed=self.cfg.run.seed, keys=self.task.shard_keys)), None)
             self._val_batch = first
         source = self._val_batch if self._val_batch is not None else batch
         source = {k: v for k, v in source.items() if k != SKIPPED_KEY}
@@ -258,7 +259,8 @@ class Trainer:
         data_seed = cfg.run.seed if cfg.data.resume == "exact" else cfg.run.seed + 7919 * self.step
         loader = train_loader(cfg.data.train, self.task.decode_train, cfg.data.batch_size, seed=data_seed,
                               rank=self.rank, num_workers=cfg.data.num_workers,
-                              shuffle_buffer=cfg.data.shuffle_buffer, skip_batches=skip)
+                              shuffle_buffer=cfg.data.shuffle_buffer, skip_batches=skip,
+                              keys=self.task.shard_keys)
         if skip:
             logger.print(f"fast-forwarding the data stream by {skip} batches per rank (data.resume=exact)")
         batches = iter(loader)

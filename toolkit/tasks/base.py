@@ -6,7 +6,8 @@ checkpoints, logging and data streaming. A task owns:
 * ``Config``: a dataclass for its ``task:`` config section (with a ``name`` field);
 * :meth:`build_model`: the ``nn.Module`` to train;
 * :meth:`decode_train` / :meth:`decode_eval`: one WebDataset sample (dict of raw bytes by extension)
-  -> dict of numpy arrays / numbers, collated into batches by the engine;
+  -> dict of numpy arrays / numbers, collated into batches by the engine; ``shard_keys`` names the
+  members they read;
 * :meth:`losses`: a batch -> dict of scalar losses with the total under ``"loss"``;
 * :meth:`metric_sums` / :meth:`metrics`: validation as sums (the engine adds them over batches and
   ranks) then final values;
@@ -32,6 +33,9 @@ class Task:
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
+    #: sample members (extensions inside the tar) the decode functions read; None = all of them.
+    #: The others are skipped while streaming, so the shuffle buffer holds only what is used.
+    shard_keys: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, cfg: Any):
         self.cfg = cfg

@@ -103,6 +103,7 @@ class LidarTokenizerTask(Task):
 
     name = "lidar_tokenizer"
     Config = LidarTokenizerConfig
+    shard_keys = ("range.npy",)
 
     def build_model(self) -> RangeTokenizer:
         c = self.cfg
