@@ -3,6 +3,8 @@
 Commands:
   synthetic-nuscenes   write a synthetic nuScenes dataroot (ray-cast HDL-32E streets, v1.0 tables)
   nuscenes-lidar       nuScenes dataroot (real or synthetic) -> LiDAR range-map WebDataset shards
+  synthetic-cilp       write cubes/spheres RGB + LiDAR pairs in the CILP folder layout
+  cilp                 CILP folder layout (synthetic or the real download) -> RGB + LiDAR shards
 """
 
 from __future__ import annotations
@@ -30,6 +32,26 @@ def _nuscenes_lidar(args) -> int:
                                        maxsize=args.maxsize, min_range_m=args.min_range, max_range_m=args.max_range)
     for name, s in info["splits"].items():
         print(f"{name}: {s['samples']} scans in {len(s['shards'])} shards  ->  {s['pattern']}")
+    print(f"wrote {os.path.join(args.out, 'info.json')}")
+    return 0
+
+
+def _synthetic_cilp(args) -> int:
+    from shards.synthetic.cilp import generate_cilp_folder
+
+    out = generate_cilp_folder(args.out, per_class=args.per_class, seed=args.seed, workers=args.workers,
+                               overwrite=args.overwrite)
+    print(f"synthetic CILP folder: {out} ({args.per_class} cubes + {args.per_class} spheres, seed {args.seed})")
+    return 0
+
+
+def _cilp(args) -> int:
+    from shards.cilp import build_cilp_shards
+
+    info = build_cilp_shards(args.root, args.out, val_fraction=args.val_fraction, seed=args.seed,
+                             maxcount=args.maxcount, maxsize=args.maxsize)
+    for name, s in info["splits"].items():
+        print(f"{name}: {s['samples']} pairs {s['per_class']} in {len(s['shards'])} shards  ->  {s['pattern']}")
     print(f"wrote {os.path.join(args.out, 'info.json')}")
     return 0
 
@@ -67,6 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--min-range", type=float, default=1.0, help="validity mask lower bound, m (default 1)")
     n.add_argument("--max-range", type=float, default=200.0, help="validity mask upper bound, m (default 200)")
     n.set_defaults(func=_nuscenes_lidar)
+
+    c = sub.add_parser("synthetic-cilp", help="write cubes/spheres RGB + LiDAR pairs in the CILP layout",
+                       description="Ray-trace cubes and spheres on a ground plane: 64x64 RGBA PNG and 64x64 LiDAR "
+                                   "range image (.npy, rows azimuth x columns zenith, miss = 50 m) per scene, in "
+                                   "{cubes,spheres}/{rgb,lidar}/ with azimuth.npy and zenith.npy.")
+    c.add_argument("--out", required=True, help="folder to create")
+    c.add_argument("--per-class", type=int, default=1000, help="samples per class (default 1000)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(func=_synthetic_cilp)
+
+    k = sub.add_parser("cilp", help="CILP folder layout -> RGB + LiDAR shards",
+                       description="Pack a CILP folder ({cubes,spheres}/{rgb,lidar}/...) into train/val WebDataset "
+                                   "shards; the split is stratified by class, drawn with --seed and recorded in "
+                                   "every sample and in info.json.")
+    k.add_argument("--root", required=True, help="CILP folder (synthetic or the real download)")
+    k.add_argument("--out", required=True, help="output folder")
+    k.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction per class (default 0.2)")
+    k.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    k.add_argument("--maxcount", type=int, default=500, help="samples per shard at most (default 500)")
+    k.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard at most")
+    k.set_defaults(func=_cilp)
     return p
 
 
