@@ -209,7 +209,8 @@ class Trainer:
         total = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.device)
         if self.world_size > 1:
             total = self.accelerator.reduce(total, reduction="sum")
-        return self.task.metrics(dict(zip(keys, total.tolist())))
+        self.last_eval_sums = dict(zip(keys, total.tolist()))
+        return self.task.metrics(self.last_eval_sums)
 
     def _log_visuals(self, logger: RunLogger, batch: dict) -> None:
         if not self.is_main:
@@ -284,7 +285,7 @@ class Trainer:
                     losses = self.task.losses(self.model, batch)
                     acc.backward(losses["loss"] / cfg.train.grad_accum)
                 for key, value in losses.items():
-                    window[f"train/{key}" if key == "loss" else f"train/loss_{key}"] += float(value.detach()) / cfg.train.grad_accum
+                    window[f"train/{key}"] += float(value.detach()) / cfg.train.grad_accum
             if cfg.train.grad_clip > 0:
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             else:
@@ -356,6 +357,8 @@ class Trainer:
 
     def _run_eval(self, logger: RunLogger) -> None:
         results = {f"val/{k}": v for k, v in self.evaluate(self.unwrapped).items()}
+        if self.is_main:
+            logger.images(self.step, {f"images/val_{k}": v for k, v in self.task.eval_images(self.last_eval_sums).items()})
         if self.ema is not None and self.cfg.eval.ema:
             results.update({f"val_ema/{k}": v for k, v in self.evaluate(self.ema.module).items()})
         logger.scalars(self.step, results)

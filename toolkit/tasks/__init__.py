@@ -12,6 +12,10 @@ from .base import Task
 
 TASKS: dict[str, str] = {
     "lidar_tokenizer": "toolkit.tasks.lidar_tokenizer:LidarTokenizerTask",
+    "fusion": "toolkit.tasks.cilp.fusion:FusionTask",
+    "cilp": "toolkit.tasks.cilp.contrastive:CILPTask",
+    "cilp_projector": "toolkit.tasks.cilp.projector:CILPProjectorTask",
+    "rgb2lidar": "toolkit.tasks.cilp.rgb2lidar:RGB2LiDARTask",
 }
 
 

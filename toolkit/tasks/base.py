@@ -8,10 +8,12 @@ checkpoints, logging and data streaming. A task owns:
 * :meth:`decode_train` / :meth:`decode_eval`: one WebDataset sample (dict of raw bytes by extension)
   -> dict of numpy arrays / numbers, collated into batches by the engine; ``shard_keys`` names the
   members they read;
-* :meth:`losses`: a batch -> dict of scalar losses with the total under ``"loss"``;
+* :meth:`losses`: a batch -> dict of scalars: the total loss under ``"loss"`` (back-propagated), other
+  entries (loss terms, a temperature, ...) are logged as ``train/<key>``;
 * :meth:`metric_sums` / :meth:`metrics`: validation as sums (the engine adds them over batches and
   ranks) then final values;
-* :meth:`visuals`: images for TensorBoard; :meth:`exports`: modules to TorchScript at every checkpoint;
+* :meth:`visuals`: images of one batch for TensorBoard; :meth:`eval_images`: images of the validation
+  sums (a confusion matrix); :meth:`exports`: modules to TorchScript at every checkpoint;
 * :meth:`info`: static figures logged once (e.g. compression ratio);
 * :meth:`after_optimizer_step`: in-place updates after each step (e.g. clamping a logit scale).
 
@@ -76,6 +78,10 @@ class Task:
 
     def visuals(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """Images for TensorBoard: name -> float tensor (3, H, W) in [0, 1]."""
+        return {}
+
+    def eval_images(self, sums: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Images from the validation sums of the whole set (e.g. a confusion matrix), logged at each evaluation."""
         return {}
 
     # --- export ---------------------------------------------------------------------------------

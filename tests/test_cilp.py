@@ -1,0 +1,162 @@
+"""CILP data layout, distributed contrastive loss, the staged CILP pipeline and the report, for real."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from conftest import REPO, run_cli
+from toolkit.config import load_config
+from toolkit.data.pipeline import eval_loader
+from toolkit.engine.trainer import Trainer
+
+sys.path.insert(0, str(REPO / "tests" / "helpers"))
+
+
+@pytest.fixture(scope="module")
+def cilp_data(tmp_path_factory):
+    from shards.cilp import build_cilp_shards
+    from shards.synthetic.cilp import generate_cilp_folder
+
+    base = tmp_path_factory.mktemp("cilp")
+    root = generate_cilp_folder(base / "folder", per_class=12, seed=3, progress=False)
+    info = build_cilp_shards(str(root), str(base / "shards"), val_fraction=0.25, seed=5, maxcount=7, progress=False)
+    return root, base / "shards", info
+
+
+def _key_label(sample, rng):
+    meta = json.loads(sample["json"])
+    return {"key": sample["__key__"], "label": int(sample["cls"]), "split": meta["split"], "cls": meta["class"],
+            "rgb_ok": sample["rgb.png"][:8] == b"\x89PNG\r\n\x1a\n"}
+
+
+def test_layout_round_trip_keeps_every_sample_label_and_split(cilp_data):
+    root, shards, info = cilp_data
+    assert sorted(p.name for p in (root / "cubes").iterdir()) == ["azimuth.npy", "lidar", "rgb", "zenith.npy"]
+    assert len(list((root / "spheres" / "rgb").glob("*.png"))) == 12
+    images = [np.load(p) for p in sorted((root / "cubes" / "lidar").glob("*.npy"))]
+    assert all(r.shape == (64, 64) and r.dtype == np.float32 and (r < 50).any() for r in images)
+    assert any((r == 50.0).any() for r in images)  # misses (sky) are stored as the maximum range
+    from PIL import Image
+
+    assert Image.open(root / "cubes" / "rgb" / "0003.png").mode == "RGBA"
+
+    seen = {}
+    for split in ("train", "val"):
+        for batch in eval_loader(str(shards / f"{split}-*.tar"), _key_label, 4, num_workers=2):
+            for key, label, rec_split, cls, ok in zip(batch["key"], batch["label"].tolist(), batch["split"],
+                                                      batch["cls"], batch["rgb_ok"].tolist()):
+                assert key not in seen, f"{key} read twice"
+                seen[key] = (label, rec_split, cls)
+                assert rec_split == split and ok
+    assert len(seen) == 24  # nothing lost
+    for key, (label, _, cls) in seen.items():
+        assert key.startswith(cls) and label == (0 if cls == "cubes" else 1)
+    assert info["splits"]["val"]["per_class"] == {"cubes": 3, "spheres": 3}  # stratified 25 %
+    # bytes are the files' own
+    sample = next(s for s in wds.WebDataset(str(shards / "train-*.tar").replace("*", "000000"), shardshuffle=False))
+    meta = json.loads(sample["json"])
+    assert sample["rgb.png"] == (root / meta["rgb"]).read_bytes()
+    assert sample["lidar.npy"] == (root / meta["lidar"]).read_bytes()
+
+
+def test_a_real_download_with_a_missing_pair_is_a_clear_error(cilp_data, tmp_path):
+    import shutil
+
+    root, _, _ = cilp_data
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    (copy / "spheres" / "lidar" / "0005.npy").unlink()
+    res = run_cli(["-m", "shards", "cilp", "--root", str(copy), "--out", str(tmp_path / "o")])
+    assert res.returncode == 2 and "lack their RGB or LiDAR file" in res.stderr
+
+
+@pytest.mark.slow
+def test_distributed_clip_loss_and_gradients_equal_the_single_process_ones(tmp_path):
+    from clip_loss_ranks import make_inputs, make_model
+
+    from toolkit.tasks.cilp.loss import clip_loss
+
+    res = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   str(REPO / "tests" / "helpers" / "clip_loss_ranks.py"), str(tmp_path)], env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    model = make_model()
+    rgb, lidar = make_inputs()
+    img, lid, scale = model(rgb, lidar)
+    loss = clip_loss(img, lid, scale)  # one process, the concatenated batch
+    loss.backward()
+    distributed_loss = (ranks[0]["loss"] + ranks[1]["loss"]) / 2
+    assert torch.allclose(distributed_loss, loss.detach(), atol=1e-5), (distributed_loss, loss)
+    for name, p in model.named_parameters():
+        for r in range(2):  # DDP leaves the averaged gradient on every rank
+            assert torch.allclose(ranks[r]["grads"][name], p.grad, atol=1e-5), (name, r)
+    assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # the ranks really saw different halves
+
+
+def _train(config: str, run_dir, shards, **extra):
+    values = {"data.train": str(shards / "train-*.tar"), "data.val": str(shards / "val-*.tar"), "data.batch_size": 8,
+              "data.val_batch_size": 6, "data.num_workers": 0, "data.shuffle_buffer": 16, "train.max_steps": 4,
+              "checkpoint.every": 4, "eval.every": 4, "log.every": 2, "log.image_every": 4, "log.progress": False,
+              "run.dir": str(run_dir), **extra}
+    if "task.channels" not in extra and config in ("fusion", "lidar_classifier", "cilp"):
+        values["task.channels"] = "[4,8,8,8]"
+    cfg = load_config(REPO / "configs" / "cilp" / f"{config}.yaml", [f"{k}={v}" for k, v in values.items()])
+    return Trainer(cfg).fit()
+
+
+@pytest.mark.slow
+def test_staged_pipeline_keeps_frozen_parts_frozen_and_reports(cilp_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from toolkit.tasks.pretrained import load_run, sub_state
+
+    _, shards, _ = cilp_data
+    runs = {name: tmp_path / name for name in ("lidar", "cilp", "projector", "rgb2lidar", "late")}
+    _train("lidar_classifier", runs["lidar"], shards)
+    _train("cilp", runs["cilp"], shards)
+    _train("cilp_projector", runs["projector"], shards, **{"task.cilp_run": runs["cilp"],
+                                                          "task.lidar_classifier_run": runs["lidar"]})
+    summary = _train("rgb2lidar", runs["rgb2lidar"], shards, **{
+        "task.cilp_run": runs["cilp"], "task.lidar_classifier_run": runs["lidar"], "task.projector_run": runs["projector"],
+        "optim.lr": 0.05})
+    _train("fusion", runs["late"], shards)
+    assert summary["trainable_parameters"] < summary["parameters"]
+
+    final = torch.load(runs["rgb2lidar"] / "checkpoints" / "iter_000000004.pt", weights_only=True)
+    cilp_state, _ = load_run(str(runs["cilp"]))
+    lidar_state, _ = load_run(str(runs["lidar"]))
+    proj_state, _ = load_run(str(runs["projector"]))
+    for key, value in sub_state(cilp_state, "image").items():  # frozen image embedder: unchanged
+        assert torch.equal(final["model"][f"image_embedder.module.{key}"], value), key
+    for key, value in sub_state(lidar_state, "head").items():  # frozen LiDAR head: unchanged
+        assert torch.equal(final["model"][f"head.module.{key}"], value), key
+    changed = [k for k, v in sub_state(proj_state, "projector").items()
+               if not torch.equal(final["model"][f"projector.{k}"], v)]
+    assert changed, "the projector did not train"
+    n_projector = len(sub_state(proj_state, "projector"))
+    assert len(final["optimizer"]["state"]) == n_projector  # only the projector is optimised
+
+    acc = EventAccumulator(str(runs["late"] / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert {"images/inputs", "images/val_confusion_matrix"} <= set(acc.Tags()["images"])
+    assert {"val/accuracy", "val/loss"} <= set(acc.Tags()["scalars"])
+    acc = EventAccumulator(str(runs["cilp"] / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert "images/similarity" in acc.Tags()["images"] and "train/logit_scale" in acc.Tags()["scalars"]
+    for run, exports in ((runs["cilp"], ("img_enc", "lidar_enc")), (runs["rgb2lidar"], ("classifier",)),
+                         (runs["projector"], ("projector",)), (runs["late"], ("classifier", "rgb_enc", "lidar_enc"))):
+        for suffix in exports:
+            assert (run / "checkpoints" / f"iter_000000004_{suffix}.jit").exists(), (run, suffix)
+
+    res = run_cli(["-m", "toolkit.report", *(str(runs[k]) for k in ("late", "lidar", "cilp", "projector", "rgb2lidar")),
+                   "--out", str(tmp_path / "report.md")])
+    assert res.returncode == 0, res.stderr
+    table = (tmp_path / "report.md").read_text()
+    for name in ("Late Fusion", "LiDAR Classifier", "CILP (Contrastive Pretraining)", "Cross-Modal Projector",
+                 "RGB → LiDAR Fine-Tuning"):
+        assert f"| {name} |" in table
+    assert table.count("\n|") == 6  # header, rule and five runs

@@ -1,0 +1,109 @@
+"""Turn finished runs into a Markdown results table (seed 003's columns).
+
+``python -m toolkit.report runs/cilp_* [--out reports/cilp.md]``
+
+Per run: experiment (from the task config), validation loss and accuracy (the last evaluation of the
+model, ``summary.json``), trainable parameters, seconds per epoch (mean measured step time x steps per
+epoch, an epoch being the training split of ``info.json`` beside the shards divided by the global batch)
+and peak memory (CUDA allocator peak on GPUs, process max RSS on CPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+FUSION_NAMES = {"late": "Late Fusion", "concat": "Int Fusion (Concat)", "add": "Int Fusion (Add)",
+                "mul": "Int Fusion (Mul)", "lidar": "LiDAR Classifier", "rgb": "RGB Classifier"}
+TASK_NAMES = {"cilp": "CILP (Contrastive Pretraining)", "cilp_projector": "Cross-Modal Projector",
+              "rgb2lidar": "RGB → LiDAR Fine-Tuning"}
+
+
+def experiment_name(cfg: dict) -> str:
+    task = cfg["task"]
+    if task["name"] == "fusion":
+        name = FUSION_NAMES.get(task["mode"], task["mode"])
+        return name + (", Strided Conv" if task.get("downsample") == "stride" else "")
+    return TASK_NAMES.get(task["name"], task["name"])
+
+
+def train_samples(cfg: dict) -> int | None:
+    """Samples in the training split, from ``info.json`` beside the training shards."""
+    first = sorted(glob.glob(cfg["data"]["train"].replace("{", "*").replace("}", "*")))
+    if not first:
+        return None
+    info = Path(first[0]).parent / "info.json"
+    if not info.exists():
+        return None
+    splits = json.loads(info.read_text()).get("splits", {})
+    return splits.get("train", {}).get("samples")
+
+
+def run_row(run: Path) -> dict:
+    """The table row of one run folder.
+
+    Raises:
+        FileNotFoundError: if the run has no ``summary.json`` (not finished).
+    """
+    summary = json.loads((run / "summary.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    ev = summary.get("last_eval", {})
+    steps = [json.loads(line)["perf/step_time_s"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if '"perf/step_time_s"' in line]
+    n = train_samples(cfg)
+    per_epoch = None
+    if n and steps:
+        global_batch = cfg["data"]["batch_size"] * cfg["train"]["grad_accum"] * summary.get("world_size", 1)
+        per_epoch = sum(steps) / len(steps) * n / global_batch
+    return {"run": run.name, "experiment": experiment_name(cfg), "val_loss": ev.get("val/loss"),
+            "accuracy": ev.get("val/accuracy"), "parameters": summary.get("trainable_parameters"),
+            "s_per_epoch": per_epoch, "peak_mem_mb": summary.get("peak_mem_mb"), "device": summary.get("device"),
+            "steps": summary.get("step")}
+
+
+def markdown(rows: list[dict]) -> str:
+    def fmt(v, spec):
+        return "–" if v is None else format(v, spec)
+
+    lines = ["| Experiment | Val loss | Accuracy (%) | Parameters (trainable) | s / epoch | Peak mem (MB) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['experiment']} | {fmt(r['val_loss'], '.5f')} | {fmt(r['accuracy'], '.2f')} | "
+                     f"{fmt(r['parameters'], ',')} | {fmt(r['s_per_epoch'], '.1f')} | {fmt(r['peak_mem_mb'], '.0f')} |")
+    devices = sorted({str(r["device"]) for r in rows})
+    lines.append(f"\nDevice: {', '.join(devices)}; peak memory is the process's max RSS on CPU, the CUDA "
+                 "allocator's peak on GPU.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m toolkit.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run folders (in table order)")
+    p.add_argument("--out", help="also write the table to this Markdown file")
+    args = p.parse_args(argv)
+    rows = []
+    for run in args.runs:
+        try:
+            rows.append(run_row(Path(run)))
+        except FileNotFoundError as exc:
+            print(f"error: {run}: not a finished run ({exc.filename} missing)", file=sys.stderr)
+            return 2
+    table = markdown(rows)
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out + ".tmp"
+        Path(tmp).write_text(table + "\n")
+        os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
