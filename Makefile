@@ -14,7 +14,7 @@ DEMO_SHARDS  := data/shards/synthetic-nuscenes
 DEMO_RUN     := runs/lidar_tokenizer
 REAL_DATAROOT ?= ../shared/data/nuscenes-real-1sample
 
-.PHONY: setup demo data train evaluate test bench clean
+.PHONY: setup demo data train evaluate test bench cilp cilp-data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,34 @@ test: setup
 
 bench: setup data
 	$(PY) -m toolkit.bench all --config $(DEMO_CONFIG)
+
+# Seed 003 study on synthetic cubes and spheres (RGBA + LiDAR range images in the CILP folder layout):
+# fusion variants, strided-conv ablation, LiDAR classifier, CILP, projector, RGB->LiDAR; then the table.
+CILP_ROOT   := data/cilp-synthetic
+CILP_SHARDS := data/shards/cilp
+TRAIN       := $(PY) -m toolkit.train
+
+$(CILP_ROOT)/cubes/azimuth.npy: | $(VENV)/.installed
+	$(PY) -m shards synthetic-cilp --out $(CILP_ROOT) --per-class 5000 --seed 0 --workers 2 --overwrite
+
+$(CILP_SHARDS)/info.json: $(CILP_ROOT)/cubes/azimuth.npy
+	$(PY) -m shards cilp --root $(CILP_ROOT) --out $(CILP_SHARDS) --val-fraction 0.2 --seed 0
+
+cilp-data: $(CILP_SHARDS)/info.json
+
+cilp: setup cilp-data
+	$(TRAIN) -c configs/cilp/lidar_classifier.yaml
+	$(TRAIN) -c configs/cilp/cilp.yaml
+	$(TRAIN) -c configs/cilp/cilp_projector.yaml
+	$(TRAIN) -c configs/cilp/rgb2lidar.yaml
+	$(TRAIN) -c configs/cilp/fusion.yaml
+	$(TRAIN) -c configs/cilp/fusion.yaml task.mode=concat run.name=cilp_fusion_concat
+	$(TRAIN) -c configs/cilp/fusion.yaml task.mode=add run.name=cilp_fusion_add
+	$(TRAIN) -c configs/cilp/fusion.yaml task.mode=mul run.name=cilp_fusion_mul
+	$(TRAIN) -c configs/cilp/fusion.yaml task.mode=add task.downsample=stride run.name=cilp_fusion_add_stride
+	$(PY) -m toolkit.report runs/cilp_fusion_late runs/cilp_fusion_concat runs/cilp_fusion_add runs/cilp_fusion_mul \
+		runs/cilp_fusion_add_stride runs/cilp_lidar_classifier runs/cilp runs/cilp_projector runs/cilp_rgb2lidar \
+		--out runs/cilp_report.md
 
 clean:
 	rm -rf runs outputs data

@@ -40,8 +40,9 @@ def _synthetic_cilp(args) -> int:
     from shards.synthetic.cilp import generate_cilp_folder
 
     out = generate_cilp_folder(args.out, per_class=args.per_class, seed=args.seed, workers=args.workers,
-                               overwrite=args.overwrite)
-    print(f"synthetic CILP folder: {out} ({args.per_class} cubes + {args.per_class} spheres, seed {args.seed})")
+                               overwrite=args.overwrite, pose=args.pose)
+    print(f"synthetic CILP folder: {out} ({args.per_class} cubes + {args.per_class} spheres, seed {args.seed}, "
+          f"pose {args.pose})")
     return 0
 
 
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "{cubes,spheres}/{rgb,lidar}/ with azimuth.npy and zenith.npy.")
     c.add_argument("--out", required=True, help="folder to create")
     c.add_argument("--per-class", type=int, default=1000, help="samples per class (default 1000)")
+    c.add_argument("--pose", choices=["fixed", "random"], default="fixed",
+                   help="fixed: one sensor pose, objects moved near the origin (as the DLI data; default); "
+                        "random: random sensor distance, height and bearing per scene")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     c.add_argument("--overwrite", action="store_true")

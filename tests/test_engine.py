@@ -76,10 +76,13 @@ def test_resume_restores_state_exactly_and_continues_identically(lidar_shards, t
 
 
 def test_finished_run_is_a_no_op_when_started_again(lidar_shards, trained_run):
-    run, _ = trained_run
+    run, first = trained_run
     before = (run / "checkpoints" / "iter_000000006.pt").stat().st_mtime_ns
     summary = Trainer(load_config(CONFIG, tiny_overrides(lidar_shards, run))).fit()
     assert summary["step"] == 6 and (run / "checkpoints" / "iter_000000006.pt").stat().st_mtime_ns == before
+    # the results of the finished run (last evaluation, timings) are kept, not replaced by an empty rerun
+    assert summary == json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(first))
+    assert summary["last_eval"]
 
 
 def test_jit_exports_load_in_a_fresh_process_and_match_eager(trained_run, tmp_path):

@@ -9,8 +9,11 @@ Layout (as the NVIDIA DLI / CILP data, ``shared/notes/cilp-fusion-embedding.md``
     ROOT/{cubes,spheres}/zenith.npy       float32 (64,) beam zeniths, rad
 
 Each sample is one scene: a cube (random size and rotation) or a sphere (random radius) resting on a
-ground plane, random colours, lighting, shadows and sky. A camera and a LiDAR share one pose looking at
-the object from a random distance, height and bearing; the image is ray-traced per pixel (Lambert
+ground plane, random colours, lighting, shadows and sky. A camera and a LiDAR share one pose. With
+``pose="fixed"`` (default, like the DLI data: one sensor, objects placed near the origin) the sensor
+stands at FIXED_EYE looking at FIXED_TARGET and the object moves within +-0.8 m across and +-1.5 m along
+the view; with ``pose="random"`` the sensor looks at the object from a random distance, height and
+bearing, which gives the contrastive task easy pose cues (horizon, ground gradient) to match. The image is ray-traced per pixel (Lambert
 shading, ambient light, a hard shadow), the range image by casting the LiDAR's 64 x 64 beams at the same
 scene. Beam directions in the sensor frame follow the CILP convention
 ``d = (sin(-az) cos(-ze), cos(-az) cos(-ze), sin(-ze))`` (the sensor looks along +y).
@@ -103,12 +106,22 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v))
 
 
-def render_sample(cls: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One scene of class ``cls`` ("cubes" or "spheres").
+FIXED_EYE = np.array([0.0, -7.0, 2.2])     #: sensor position of ``pose="fixed"``, m (z up)
+FIXED_TARGET = np.array([0.0, 0.0, 0.6])   #: point it looks at, m
+POSES = ("fixed", "random")
+
+
+def render_sample(cls: str, rng: np.random.Generator, pose: str = "fixed") -> tuple[np.ndarray, np.ndarray]:
+    """One scene of class ``cls`` ("cubes" or "spheres"); ``pose`` as in the module docstring.
 
     Returns:
         rgba (64, 64, 4) uint8 and range image (64, 64) float32 metres (rows azimuth, columns zenith).
+
+    Raises:
+        ValueError: for an unknown ``pose``.
     """
+    if pose not in POSES:
+        raise ValueError(f"pose must be one of {list(POSES)}, got {pose!r}")
     if cls == "cubes":
         edge = rng.uniform(0.7, 1.8)
         rot = _random_rotation(rng) if rng.random() < 0.7 else np.eye(3)
@@ -119,13 +132,16 @@ def render_sample(cls: str, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
     else:
         radius = rng.uniform(0.45, 1.05)
         obj = {"kind": "sphere", "radius": radius, "centre": None, "z": radius}
-    obj["centre"] = np.array([rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0), obj["z"]])
-
-    bearing = rng.uniform(-np.pi, np.pi)
-    dist = rng.uniform(5.0, 9.0)
-    eye = obj["centre"] + np.array([np.cos(bearing) * dist, np.sin(bearing) * dist, 0.0])
-    eye[2] = rng.uniform(1.0, 3.5)
-    target = obj["centre"] + rng.normal(0, 0.35, 3) * np.array([1, 1, 0.5])
+    if pose == "fixed":
+        obj["centre"] = np.array([rng.uniform(-0.8, 0.8), rng.uniform(-1.5, 1.5), obj["z"]])
+        eye, target = FIXED_EYE, FIXED_TARGET
+    else:
+        obj["centre"] = np.array([rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0), obj["z"]])
+        bearing = rng.uniform(-np.pi, np.pi)
+        dist = rng.uniform(5.0, 9.0)
+        eye = obj["centre"] + np.array([np.cos(bearing) * dist, np.sin(bearing) * dist, 0.0])
+        eye[2] = rng.uniform(1.0, 3.5)
+        target = obj["centre"] + rng.normal(0, 0.35, 3) * np.array([1, 1, 0.5])
     frame = _look_at(eye, target)
 
     # --- LiDAR: 64 x 64 beams, rows = azimuth, columns = zenith --------------------------------
@@ -173,19 +189,20 @@ def render_sample(cls: str, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
 
 
 def _render_one(args):
-    seed, ci, i = args
-    rgba, rimg = render_sample(CLASSES[ci], np.random.default_rng([seed, ci, i]))
+    seed, ci, i, pose = args
+    rgba, rimg = render_sample(CLASSES[ci], np.random.default_rng([seed, ci, i]), pose)
     return ci, i, rgba, rimg
 
 
 def generate_cilp_folder(out: str | os.PathLike, per_class: int = 1000, seed: int = 0, workers: int = 1,
-                         overwrite: bool = False, progress: bool = True) -> Path:
+                         overwrite: bool = False, progress: bool = True, pose: str = "fixed") -> Path:
     """Write ``per_class`` samples of each class in the CILP folder layout (see module docstring).
 
     Written into ``OUT.tmp-PID`` and renamed to ``out`` when complete.
 
     Raises:
-        FileExistsError: if ``out`` exists and ``overwrite`` is False; ValueError: per_class < 1.
+        FileExistsError: if ``out`` exists and ``overwrite`` is False; ValueError: per_class < 1 or an
+        unknown ``pose``.
     """
     from PIL import Image
     from tqdm import tqdm
@@ -193,6 +210,8 @@ def generate_cilp_folder(out: str | os.PathLike, per_class: int = 1000, seed: in
     out = Path(out)
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
+    if pose not in POSES:
+        raise ValueError(f"pose must be one of {list(POSES)}, got {pose!r}")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
@@ -205,7 +224,7 @@ def generate_cilp_folder(out: str | os.PathLike, per_class: int = 1000, seed: in
         (tmp / cls / "lidar").mkdir(parents=True)
         np.save(tmp / cls / "azimuth.npy", az)
         np.save(tmp / cls / "zenith.npy", ze)
-    jobs = [(seed, ci, i) for ci in range(len(CLASSES)) for i in range(per_class)]
+    jobs = [(seed, ci, i, pose) for ci in range(len(CLASSES)) for i in range(per_class)]
     executor = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
         results = executor.map(_render_one, jobs, chunksize=64) if executor else map(_render_one, jobs)

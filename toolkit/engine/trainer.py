@@ -170,6 +170,18 @@ class Trainer:
             return True
         return False
 
+    def _finished_summary(self) -> dict | None:
+        """The run's ``summary.json`` if it records a finished run at the current step, else None."""
+        if self.step < self.cfg.train.max_steps:
+            return None
+        try:
+            summary = json.loads((self.run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if summary.get("status") == "finished" and summary.get("step") == self.step:
+            return summary
+        return None
+
     def _config_changes(self) -> list[str]:
         old, new = getattr(self, "_saved_config", {}), to_dict(self.cfg)
         changes = []
@@ -255,6 +267,12 @@ class Trainer:
         logger.print(f"run {self.run_dir} | task {cfg.task.name} | {self.n_params / 1e6:.2f}M parameters | "
                      f"device {self.device} x{self.world_size} | precision {cfg.train.precision} | "
                      f"batch {cfg.data.batch_size} x accum {cfg.train.grad_accum} x world {self.world_size}")
+
+        done = self._finished_summary()
+        if done is not None:  # running a finished run again keeps its results
+            logger.print(f"already finished at step {self.step}: {self.run_dir / 'summary.json'}")
+            logger.close()
+            return done
 
         skip = self.step * cfg.train.grad_accum if cfg.data.resume == "exact" else 0
         data_seed = cfg.run.seed if cfg.data.resume == "exact" else cfg.run.seed + 7919 * self.step

@@ -44,7 +44,7 @@ class CILPTask(Task):
 
     def build_model(self) -> CILPModel:
         c = self.cfg
-        return CILPModel(4, c.lidar_channels, list(c.channels), c.emb_dim, c.hidden, c.init_logit_scale)
+        return CILPModel(4, c.lidar_channels, list(c.channels), c.emb_dim, c.hidden, c.init_logit_scale, c.norm)
 
     def decode_train(self, sample: dict, rng: np.random.Generator) -> dict:
         return decode_pair(sample, self.cfg)

@@ -22,17 +22,20 @@ from toolkit.lidar.shard_format import load_npy
 class CILPDataConfig:
     """Input settings shared by the CILP and fusion tasks (``task.*`` keys)."""
 
-    lidar_input: str = "xyza"
+    lidar_input: str = "depth"
     max_range_m: float = 50.0
     range_scale_m: float = 10.0
     channels: list[int] = field(default_factory=lambda: [50, 100, 200, 200])
     num_classes: int = 2
+    norm: str = "none"
 
     def validate(self) -> None:
         if self.lidar_input not in ("xyza", "depth"):
             raise ValueError(f"task.lidar_input={self.lidar_input!r} is not one of ['xyza', 'depth']")
         if len(self.channels) != 4 or min(self.channels) < 1:
             raise ValueError(f"task.channels must be 4 positive widths (64 -> 4 pixels), got {list(self.channels)}")
+        if self.norm not in ("none", "batch", "group"):
+            raise ValueError(f"task.norm={self.norm!r} is not one of ['none', 'batch', 'group']")
         if self.max_range_m <= 0 or self.range_scale_m <= 0:
             raise ValueError("task.max_range_m and task.range_scale_m must be > 0")
 

@@ -96,11 +96,11 @@ class FusionTask(ClassifierTask):
         c = self.cfg
         if c.mode == "late":
             return LateFusion(4, c.lidar_channels, list(c.channels), c.emb_dim, num_classes=c.num_classes,
-                              downsample=c.downsample)
+                              downsample=c.downsample, norm=c.norm)
         if c.mode in ("concat", "add", "mul"):
-            return IntermediateFusion(4, c.lidar_channels, list(c.channels), c.mode, c.num_classes, c.downsample)
+            return IntermediateFusion(4, c.lidar_channels, list(c.channels), c.mode, c.num_classes, c.downsample, c.norm)
         channels = c.lidar_channels if c.mode == "lidar" else 4
-        return UnimodalClassifier(channels, list(c.channels), c.num_classes, downsample=c.downsample)
+        return UnimodalClassifier(channels, list(c.channels), c.num_classes, downsample=c.downsample, norm=c.norm)
 
     def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
         if self.cfg.mode == "lidar":

@@ -22,19 +22,37 @@ import torch.nn.functional as F
 from torch import nn
 
 
+NORMS = ("none", "batch", "group")
+
+
+def _norm(kind: str, channels: int) -> list[nn.Module]:
+    if kind == "batch":
+        return [nn.BatchNorm2d(channels)]
+    if kind == "group":
+        return [nn.GroupNorm(math.gcd(channels, 10), channels)]
+    if kind == "none":
+        return []
+    raise ValueError(f"norm must be one of {list(NORMS)}, got {kind!r}")
+
+
 class ConvTrunk(nn.Module):
     """(B, in_channels, 64, 64) -> (B, channels[-1], 4, 4).
 
     Args:
         downsample: ``maxpool`` (DLI baseline) or ``stride`` (conv3x3 stride 2 + ReLU, the ablation).
+        norm: ``none`` (the DLI networks), ``batch`` or ``group`` (GroupNorm, gcd(C, 10) groups) after
+            each 3x3 convolution.
+
+    Raises:
+        ValueError: for an unknown ``norm``.
     """
 
-    def __init__(self, in_channels: int, channels: list[int], downsample: str = "maxpool"):
+    def __init__(self, in_channels: int, channels: list[int], downsample: str = "maxpool", norm: str = "none"):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
         for width in channels:
-            layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(c, width, 3, padding=1), *_norm(norm, width), nn.ReLU(inplace=True)]
             if downsample == "stride":
                 layers += [nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
             else:
@@ -51,9 +69,9 @@ class Embedder(nn.Module):
     """Trunk + MLP head: (B, C, 64, 64) -> (B, emb_dim), L2-normalised if ``normalize``."""
 
     def __init__(self, in_channels: int, channels: list[int], emb_dim: int, hidden: int = 100,
-                 downsample: str = "maxpool", normalize: bool = False, size: int = 64):
+                 downsample: str = "maxpool", normalize: bool = False, size: int = 64, norm: str = "none"):
         super().__init__()
-        self.trunk = ConvTrunk(in_channels, channels, downsample)
+        self.trunk = ConvTrunk(in_channels, channels, downsample, norm)
         flat = self.trunk.out_channels * (size // 16) ** 2
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, emb_dim))
         self.normalize = normalize
@@ -67,10 +85,10 @@ class LateFusion(nn.Module):
     """Late fusion: RGB and LiDAR vector embeddings concatenated, then Linear -> ReLU -> classes."""
 
     def __init__(self, rgb_channels: int, lidar_channels: int, channels: list[int], emb_dim: int = 128,
-                 hidden: int = 1280, num_classes: int = 2, downsample: str = "maxpool"):
+                 hidden: int = 1280, num_classes: int = 2, downsample: str = "maxpool", norm: str = "none"):
         super().__init__()
-        self.rgb = Embedder(rgb_channels, channels, emb_dim, downsample=downsample)
-        self.lidar = Embedder(lidar_channels, channels, emb_dim, downsample=downsample)
+        self.rgb = Embedder(rgb_channels, channels, emb_dim, downsample=downsample, norm=norm)
+        self.lidar = Embedder(lidar_channels, channels, emb_dim, downsample=downsample, norm=norm)
         self.classifier = nn.Sequential(nn.Linear(2 * emb_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
 
     def forward(self, rgb: torch.Tensor, lidar: torch.Tensor) -> torch.Tensor:
@@ -81,13 +99,13 @@ class IntermediateFusion(nn.Module):
     """Intermediate fusion of the two trunks' (C, 4, 4) maps by ``concat``, ``add`` or ``mul``."""
 
     def __init__(self, rgb_channels: int, lidar_channels: int, channels: list[int], mode: str = "concat",
-                 num_classes: int = 2, downsample: str = "maxpool"):
+                 num_classes: int = 2, downsample: str = "maxpool", norm: str = "none"):
         super().__init__()
         if mode not in ("concat", "add", "mul"):
             raise ValueError(f"intermediate fusion mode must be concat, add or mul, got {mode!r}")
         self.mode = mode
-        self.rgb = ConvTrunk(rgb_channels, channels, downsample)
-        self.lidar = ConvTrunk(lidar_channels, channels, downsample)
+        self.rgb = ConvTrunk(rgb_channels, channels, downsample, norm)
+        self.lidar = ConvTrunk(lidar_channels, channels, downsample, norm)
         flat = channels[-1] * 16 * (2 if mode == "concat" else 1)
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, 512), nn.ReLU(inplace=True), nn.Linear(512, 128),
                                         nn.ReLU(inplace=True), nn.Linear(128, num_classes))
@@ -107,9 +125,9 @@ class UnimodalClassifier(nn.Module):
     """One modality: trunk -> flatten (:meth:`embed`, the 3200-d embedding) -> 100 -> classes (``head``)."""
 
     def __init__(self, in_channels: int, channels: list[int], num_classes: int = 2, hidden: int = 100,
-                 downsample: str = "maxpool"):
+                 downsample: str = "maxpool", norm: str = "none"):
         super().__init__()
-        self.trunk = ConvTrunk(in_channels, channels, downsample)
+        self.trunk = ConvTrunk(in_channels, channels, downsample, norm)
         self.embed_dim = channels[-1] * 16
         self.head = nn.Sequential(nn.Linear(self.embed_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
 
@@ -124,10 +142,10 @@ class CILPModel(nn.Module):
     """Image and LiDAR embedders (L2-normalised) and the learnable log logit scale (CLIP: init ln(1/0.07))."""
 
     def __init__(self, rgb_channels: int, lidar_channels: int, channels: list[int], emb_dim: int = 200,
-                 hidden: int = 100, init_logit_scale: float = math.log(1 / 0.07)):
+                 hidden: int = 100, init_logit_scale: float = math.log(1 / 0.07), norm: str = "none"):
         super().__init__()
-        self.image = Embedder(rgb_channels, channels, emb_dim, hidden, normalize=True)
-        self.lidar = Embedder(lidar_channels, channels, emb_dim, hidden, normalize=True)
+        self.image = Embedder(rgb_channels, channels, emb_dim, hidden, normalize=True, norm=norm)
+        self.lidar = Embedder(lidar_channels, channels, emb_dim, hidden, normalize=True, norm=norm)
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
 
     def forward(self, rgb: torch.Tensor, lidar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

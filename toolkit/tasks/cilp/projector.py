@@ -33,12 +33,18 @@ class CILPProjectorConfig:
     hidden: list[int] = field(default_factory=lambda: [1000, 500])
 
 
+def _data_config(task: dict) -> CILPDataConfig:
+    keys = ("lidar_input", "max_range_m", "range_scale_m", "channels", "num_classes", "norm")
+    return CILPDataConfig(**{k: task[k] for k in keys if k in task})
+
+
 def load_cilp(source: str, weights: str) -> tuple[CILPModel, CILPDataConfig]:
     """The trained CILP model of a run and its input settings."""
     state, config = load_run(source, weights)
     task = dict(config["task"])
-    data = CILPDataConfig(**{k: task[k] for k in ("lidar_input", "max_range_m", "range_scale_m", "channels", "num_classes")})
-    model = CILPModel(4, data.lidar_channels, list(data.channels), task["emb_dim"], task["hidden"])
+    data = _data_config(task)
+    model = CILPModel(4, data.lidar_channels, list(data.channels), task["emb_dim"], task["hidden"],
+                      norm=data.norm)
     model.load_state_dict(state)
     return model, data
 
@@ -53,8 +59,9 @@ def load_lidar_classifier(source: str, weights: str) -> tuple[UnimodalClassifier
     task = dict(config["task"])
     if task.get("name") != "fusion" or task.get("mode") != "lidar":
         raise ValueError(f"'{source}' is not a LiDAR classifier (a fusion run with mode: lidar)")
-    data = CILPDataConfig(**{k: task[k] for k in ("lidar_input", "max_range_m", "range_scale_m", "channels", "num_classes")})
-    model = UnimodalClassifier(data.lidar_channels, list(data.channels), data.num_classes, downsample=task["downsample"])
+    data = _data_config(task)
+    model = UnimodalClassifier(data.lidar_channels, list(data.channels), data.num_classes, downsample=task["downsample"],
+                               norm=data.norm)
     model.load_state_dict(state)
     return model, data
 
