@@ -17,8 +17,10 @@ Signals, and how every rank stops together even if only one receives a signal:
   rank 0 runs submitit's own USR2 handler, which calls :meth:`TrainJob.checkpoint` (a fresh ``TrainJob``
   with the same config: the run folder is derived from the config, so the requeued job resumes from
   that checkpoint) and requeues the job, at most ``slurm_max_num_timeout`` times after time-outs. A
-  notice in the first 30 s of a job that still has far more time left than the signal delay is a stale
-  one and is ignored (a real preemption also sends SIGTERM, below).
+  notice in the first 20 s of a *requeued* job (``SLURM_RESTART_COUNT`` > 0) that still has more time
+  left than the signal delay is that stale re-send and is ignored (a real preemption also sends SIGTERM,
+  below). A first run never ignores a notice: slurmctld checks time limits only every ~30 s, so a
+  genuine notice can come up to that much early.
 * ``SIGTERM`` (``scontrol requeue``, preemption, ``scancel``): stop with ``STOP_EXIT``: checkpoint at the
   next step and return; SLURM requeues (or cancels) the job by itself.
 """
@@ -67,7 +69,8 @@ class TrainJob(submitit.helpers.Checkpointable):
             elapsed = time.time() - started
             left = self.time_min * 60 - elapsed
             name = signal.Signals(signum).name
-            if self.time_min and elapsed < 30 and left > self.signal_delay_s + 30:
+            restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+            if self.time_min and restarts > 0 and elapsed < 20 and left > self.signal_delay_s:
                 print(f"[launch] rank {env.global_rank}: ignoring a stale {name} ({elapsed:.0f} s into the job, "
                       f"{left:.0f} s left)", file=sys.stderr, flush=True)
                 return
