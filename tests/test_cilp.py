@@ -134,6 +134,33 @@ def test_distributed_clip_loss_and_gradients_equal_the_single_process_ones(tmp_p
     assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # the ranks really saw different halves
 
 
+def test_locked_lidar_trunk_stays_fixed_while_the_rest_trains():
+    from toolkit.tasks.cilp.loss import clip_loss
+    from toolkit.tasks.cilp.models import CILPModel, UnimodalClassifier
+
+    torch.manual_seed(0)
+    source = UnimodalClassifier(1, [4, 8, 8, 8], norm="batch")
+    source.trunk(torch.rand(8, 1, 64, 64))  # non-default BatchNorm statistics
+    model = CILPModel(4, 1, [4, 8, 8, 8], emb_dim=16, hidden=8, norm="batch")
+    model.lock_lidar_trunk(source.trunk.state_dict())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(3):
+        img, lidar, scale = model(torch.rand(6, 4, 64, 64), torch.rand(6, 1, 64, 64))
+        clip_loss(img, lidar, scale).backward()
+        opt.step()
+        opt.zero_grad()
+    after = model.state_dict()
+    for key, value in source.trunk.state_dict().items():  # weights and BatchNorm statistics of the source
+        assert torch.equal(after[f"lidar.trunk.{key}"], value), key
+    assert not model.lidar.trunk.training
+    for prefix in ("lidar.head.", "image.trunk.", "image.head."):
+        assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith(prefix)), prefix
+    with pytest.raises(RuntimeError):
+        model.lock_lidar_trunk(UnimodalClassifier(1, [4, 8, 8, 8], norm="none").trunk.state_dict())
+
+
 def _train(config: str, run_dir, shards, **extra):
     values = {"data.train": str(shards / "train-*.tar"), "data.val": str(shards / "val-*.tar"), "data.batch_size": 8,
               "data.val_batch_size": 6, "data.num_workers": 0, "data.shuffle_buffer": 16, "train.max_steps": 4,
@@ -154,7 +181,7 @@ def test_staged_pipeline_keeps_frozen_parts_frozen_and_reports(cilp_data, tmp_pa
     _, shards, _ = cilp_data
     runs = {name: tmp_path / name for name in ("lidar", "cilp", "projector", "rgb2lidar", "late")}
     _train("lidar_classifier", runs["lidar"], shards)
-    _train("cilp", runs["cilp"], shards)
+    _train("cilp", runs["cilp"], shards, **{"task.lidar_trunk_run": runs["lidar"]})
     _train("cilp_projector", runs["projector"], shards, **{"task.cilp_run": runs["cilp"],
                                                           "task.lidar_classifier_run": runs["lidar"]})
     summary = _train("rgb2lidar", runs["rgb2lidar"], shards, **{
@@ -167,6 +194,8 @@ def test_staged_pipeline_keeps_frozen_parts_frozen_and_reports(cilp_data, tmp_pa
     cilp_state, _ = load_run(str(runs["cilp"]))
     lidar_state, _ = load_run(str(runs["lidar"]))
     proj_state, _ = load_run(str(runs["projector"]))
+    for key, value in sub_state(lidar_state, "trunk").items():  # CILP's locked LiDAR trunk (LiT): the classifier's
+        assert torch.equal(cilp_state[f"lidar.trunk.{key}"], value), key
     for key, value in sub_state(cilp_state, "image").items():  # frozen image embedder: unchanged
         assert torch.equal(final["model"][f"image_embedder.module.{key}"], value), key
     for key, value in sub_state(lidar_state, "head").items():  # frozen LiDAR head: unchanged

@@ -5,6 +5,13 @@ Symmetric InfoNCE with a learnable temperature: ``logit_scale`` starts at ln(1/0
 embeddings of all ranks with gradients and takes a local loss (:mod:`toolkit.tasks.cilp.loss`).
 Validation: the loss per batch of ``data.val_batch_size`` pairs (its value depends on the batch size:
 chance level is ln(batch)) and top-1 retrieval accuracy image->LiDAR and LiDAR->image within the batch.
+
+``task.lidar_trunk_run`` (a LiDAR classifier run, ``fusion`` with ``mode: lidar``) loads that classifier's
+trunk into the LiDAR tower and locks it (weights and BatchNorm statistics fixed; its head, the image tower
+and the temperature train): LiT-style locked-tower tuning (Zhai et al., "LiT: Zero-Shot Transfer with
+Locked-image text Tuning", CVPR 2022), here with the LiDAR tower locked. The image embedding then has to
+match features that were trained to tell the shapes apart, which the downstream ``rgb2lidar`` needs.
+Raises ``ValueError`` at model build if that run's ``lidar_input``, ``channels`` or ``norm`` differ.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ class CILPConfig(CILPDataConfig):
     hidden: int = 100
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100.0)
+    lidar_trunk_run: str = ""      # a LiDAR classifier run whose trunk is loaded and locked (LiT); "" = train it
 
 
 class CILPTask(Task):
@@ -44,7 +52,18 @@ class CILPTask(Task):
 
     def build_model(self) -> CILPModel:
         c = self.cfg
-        return CILPModel(4, c.lidar_channels, list(c.channels), c.emb_dim, c.hidden, c.init_logit_scale, c.norm)
+        model = CILPModel(4, c.lidar_channels, list(c.channels), c.emb_dim, c.hidden, c.init_logit_scale, c.norm)
+        if c.lidar_trunk_run:
+            from .projector import load_lidar_classifier
+
+            classifier, data = load_lidar_classifier(c.lidar_trunk_run, "ema")
+            mine = (c.lidar_input, list(c.channels), c.norm)
+            theirs = (data.lidar_input, list(data.channels), data.norm)
+            if mine != theirs:
+                raise ValueError(f"task.lidar_trunk_run={c.lidar_trunk_run!r} has (lidar_input, channels, norm) = "
+                                 f"{theirs}, this run {mine}: they must match")
+            model.lock_lidar_trunk(classifier.trunk.state_dict())
+        return model
 
     def decode_train(self, sample: dict, rng: np.random.Generator) -> dict:
         return decode_pair(sample, self.cfg)

@@ -148,6 +148,26 @@ class CILPModel(nn.Module):
         self.lidar = Embedder(lidar_channels, channels, emb_dim, hidden, normalize=True, norm=norm)
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
 
+        self.lidar_trunk_locked = False
+
+    def lock_lidar_trunk(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the LiDAR trunk's weights (e.g. a trained LiDAR classifier's) and lock them: no gradients,
+        always in eval mode (BatchNorm statistics fixed). The LiDAR head and the image embedder still train
+        (LiT, "locked-image tuning", Zhai et al. 2022, with the LiDAR tower locked).
+
+        Raises:
+            RuntimeError: if ``state`` does not fit the trunk.
+        """
+        self.lidar.trunk.load_state_dict(state)
+        self.lidar.trunk.requires_grad_(False).eval()
+        self.lidar_trunk_locked = True
+
+    def train(self, mode: bool = True) -> "CILPModel":
+        super().train(mode)
+        if self.lidar_trunk_locked:
+            self.lidar.trunk.eval()
+        return self
+
     def forward(self, rgb: torch.Tensor, lidar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.image(rgb), self.lidar(lidar), self.logit_scale.exp()
 
