@@ -165,7 +165,7 @@ def _train(config: str, run_dir, shards, **extra):
     values = {"data.train": str(shards / "train-*.tar"), "data.val": str(shards / "val-*.tar"), "data.batch_size": 8,
               "data.val_batch_size": 6, "data.num_workers": 0, "data.shuffle_buffer": 16, "train.max_steps": 4,
               "checkpoint.every": 4, "eval.every": 4, "log.every": 2, "log.image_every": 4, "log.progress": False,
-              "train.precision": "fp32",  # one Accelerate state per process: these runs share the test's
+              "train.precision": "fp32",  # Accelerate keeps one precision per process; these runs share one
               "run.dir": str(run_dir), **extra}
     if "task.channels" not in extra and config in ("fusion", "lidar_classifier", "cilp"):
         values["task.channels"] = "[4,8,8,8]"

@@ -147,8 +147,7 @@ class CILPModel(nn.Module):
         self.image = Embedder(rgb_channels, channels, emb_dim, hidden, normalize=True, norm=norm)
         self.lidar = Embedder(lidar_channels, channels, emb_dim, hidden, normalize=True, norm=norm)
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
-
-        self.lidar_trunk_locked = False
+        self.lidar_trunk_locked = False  # see lock_lidar_trunk
 
     def lock_lidar_trunk(self, state: dict[str, torch.Tensor]) -> None:
         """Load the LiDAR trunk's weights (e.g. a trained LiDAR classifier's) and lock them: no gradients,
