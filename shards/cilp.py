@@ -1,8 +1,9 @@
 """CILP folder layout (synthetic, or the real cubes-and-spheres download) -> WebDataset shards.
 
-Input: ``ROOT/{cubes,spheres}/{rgb/NNNN.png, lidar/NNNN.npy, azimuth.npy, zenith.npy}``
-(:mod:`shards.synthetic.cilp`). Output: ``train-*.tar`` and ``val-*.tar`` plus ``info.json``; one sample
-per (RGB, LiDAR) pair with the original file bytes unchanged:
+Input: ``ROOT/{cubes,spheres}/{rgb/NNNN.png, lidar/NNNN.npy, azimuth.npy, zenith.npy}`` (written by
+:mod:`shards.synthetic.cilp`), read by :func:`toolkit.datasets.cilp_layout.scan_cilp_folder`, which
+documents the layout. Output: ``train-*.tar`` and ``val-*.tar`` plus ``info.json``; one sample per
+(RGB, LiDAR) pair with the original file bytes unchanged:
 
 ========== ====================================================================================
 key        content
@@ -24,40 +25,9 @@ import json
 import random
 from pathlib import Path
 
+from toolkit.datasets.cilp_layout import CLASSES, scan_cilp_folder
+
 from .writer import AtomicShardWriter, brace_pattern, write_info
-
-CLASSES = ("cubes", "spheres")
-
-
-def scan_cilp_folder(root: str | Path) -> list[dict]:
-    """Every (rgb, lidar) pair of the layout, sorted by class then index.
-
-    Raises:
-        FileNotFoundError: naming the missing folder or file; ValueError: an RGB image without its range
-        image (or the reverse).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"CILP folder '{root}' does not exist")
-    items = []
-    for label, cls in enumerate(CLASSES):
-        base = root / cls
-        for sub in ("rgb", "lidar"):
-            if not (base / sub).is_dir():
-                raise FileNotFoundError(f"'{base / sub}' is missing (expected {{cubes,spheres}}/{{rgb,lidar}}/)")
-        for name in ("azimuth.npy", "zenith.npy"):
-            if not (base / name).is_file():
-                raise FileNotFoundError(f"'{base / name}' is missing")
-        rgb = {p.stem: p for p in (base / "rgb").glob("*.png")}
-        lidar = {p.stem: p for p in (base / "lidar").glob("*.npy")}
-        unmatched = sorted(set(rgb) ^ set(lidar))
-        if unmatched:
-            raise ValueError(f"{base}: {len(unmatched)} samples lack their RGB or LiDAR file, e.g. '{unmatched[0]}'")
-        for stem in sorted(rgb, key=lambda s: (len(s), s)):
-            items.append({"class": cls, "label": label, "index": int(stem) if stem.isdigit() else stem,
-                          "stem": stem, "rgb": rgb[stem], "lidar": lidar[stem],
-                          "azimuth": base / "azimuth.npy", "zenith": base / "zenith.npy"})
-    return items
 
 
 def split_items(items: list[dict], val_fraction: float, seed: int) -> dict[str, list[dict]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from toolkit.lidar.nuscenes_io import iter_lidar_frames, load_nuscenes
+from toolkit.datasets.nuscenes import iter_lidar_frames, load_nuscenes
 from toolkit.lidar.range_map import range_map_from_points
 from toolkit.lidar.shard_format import encode_sample
 

@@ -2,8 +2,8 @@
 
 Shards are written by ``webdataset.ShardWriter`` under a temporary name (``NAME.tar.tmp``) and
 renamed to ``NAME.tar`` when complete, so a crash never leaves a truncated ``.tar`` that a brace
-pattern would pick up. ``info.json`` beside the shards (also written atomically) records the shard
-list, the sample counts and the arguments that built them.
+pattern would pick up. ``info.json`` beside the shards (written atomically by :mod:`toolkit.files`)
+records the shard list, the sample counts and the arguments that built them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 import webdataset as wds
+
+from toolkit.files import write_text
 
 
 class AtomicShardWriter:
@@ -83,9 +85,5 @@ def brace_pattern(prefix: str, n: int) -> str:
 
 
 def write_info(out: str | os.PathLike, info: dict) -> Path:
-    """Write ``info.json`` into ``out`` atomically."""
-    path = Path(out) / "info.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, path)
-    return path
+    """Write ``info.json`` into ``out`` atomically (:func:`toolkit.files.write_text`)."""
+    return write_text(Path(out) / "info.json", json.dumps(info, indent=1))

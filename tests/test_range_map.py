@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import REAL_PCD
-from toolkit.lidar.nuscenes_io import read_pcd_bin
+from toolkit.datasets.nuscenes import read_pcd_bin
 from toolkit.lidar.range_map import (is_ring_layout, range_map_from_binning, range_map_from_points,
                                      range_map_from_ring_layout)
 

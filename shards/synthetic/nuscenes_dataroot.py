@@ -2,13 +2,15 @@
 
 The result loads with the official devkit (``NuScenes(version, dataroot)``) exactly like real data,
 so the shard builder has one path for both. Each scene is a procedural street
-(:mod:`shards.synthetic.street`) driven at 2 Hz keyframes; every sample has one LIDAR_TOP sweep
-(HDL-32E, 32 rings x 1084 columns, float32 ``x, y, z, intensity, ring`` in firing order) and one
-``sample_annotation`` per vehicle, pedestrian, barrier or cone hit by at least one return.
+(:mod:`shards.synthetic.world`) driven at 2 Hz keyframes; every sample has one LIDAR_TOP sweep
+(:mod:`shards.synthetic.lidar_sweep`: HDL-32E, 32 rings x 1084 columns, float32 ``x, y, z, intensity,
+ring`` in firing order) and one ``sample_annotation`` per vehicle, pedestrian, barrier or cone hit by
+at least one return.
 
 Output is deterministic given ``seed``: scene ``k`` uses ``numpy.random.default_rng([seed, k])`` and
 tokens are md5 hashes of descriptive strings. The dataroot is written into a temporary folder and
-renamed into place at the end, so an interrupted run never leaves a loadable half-written dataroot.
+renamed into place at the end, so an interrupted run never leaves a loadable half-written dataroot;
+inside it, every point file and table is written atomically too (:mod:`toolkit.files`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from pathlib import Path
 import numpy as np
 from pyquaternion import Quaternion
 
-from .street import LIDAR_IN_EGO_Q, LIDAR_IN_EGO_T, build_street, render_sweep
+from toolkit.files import write_bytes
+
+from .lidar_sweep import render_sweep
+from .world import LIDAR_IN_EGO_Q, LIDAR_IN_EGO_T, build_street
 
 KEYFRAME_S = 0.5  # nuScenes keyframes are 2 Hz
 LOG_PREFIX = "synth"
@@ -146,12 +151,6 @@ def _make_scene(args) -> SceneResult:
     return SceneResult(index=index, rows=rows, files=files)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def generate_dataroot(out: str | os.PathLike, scenes: int = 8, samples_per_scene: int = 20, seed: int = 0,
                       version: str = "v1.0-mini", workers: int = 1, overwrite: bool = False,
                       progress: bool = True) -> Path:
@@ -196,7 +195,7 @@ def generate_dataroot(out: str | os.PathLike, scenes: int = 8, samples_per_scene
         results = executor.map(_make_scene, jobs) if executor else map(_make_scene, jobs)
         for res in results:
             for rel, data in res.files.items():
-                _write_atomic(tmp / rel, data)
+                write_bytes(tmp / rel, data)
             for name, rows in res.rows.items():
                 tables[name].extend(rows)
             bar.update()
@@ -219,7 +218,7 @@ def generate_dataroot(out: str | os.PathLike, scenes: int = 8, samples_per_scene
     tables["map"] = [{"token": token("map", seed), "category": "semantic_prior", "filename": map_file,
                       "log_tokens": [row["token"] for row in tables["log"]]}]
     for name, rows in tables.items():
-        _write_atomic(tmp / version / f"{name}.json", json.dumps(rows, indent=0).encode())
+        write_bytes(tmp / version / f"{name}.json", json.dumps(rows, indent=0).encode())
     (tmp / "SYNTHETIC.json").write_text(json.dumps({
         "generator": "shards.synthetic.nuscenes_dataroot", "seed": seed, "scenes": scenes,
         "samples_per_scene": samples_per_scene, "version": version, "sensor": "HDL-32E 32x1084"}, indent=1))

@@ -1,8 +1,10 @@
-"""Read LIDAR_TOP keyframes of a nuScenes dataroot through the official nuscenes-devkit.
+"""Read a nuScenes dataroot through the official nuscenes-devkit: the one module LiDAR and camera code share.
 
-The devkit resolves scenes, samples, file paths and poses; the point file itself is read as raw
-float32 ``x, y, z, intensity, ring`` because ``LidarPointCloud.from_file`` drops the ring column that
-the exact range-map layout needs.
+:func:`check_dataroot` and :func:`load_nuscenes` open a dataroot with clear errors; :func:`iter_lidar_frames`
+yields LIDAR_TOP keyframes. The devkit resolves scenes, samples, file paths and poses; the point file itself
+is read as raw float32 ``x, y, z, intensity, ring`` (:func:`read_pcd_bin`) because
+``LidarPointCloud.from_file`` drops the ring column that the exact range-map layout needs. Camera geometry
+(calibration, ego poses, projection) built on the same ``NuScenes`` object is in :mod:`toolkit.camera`.
 """
 
 from __future__ import annotations

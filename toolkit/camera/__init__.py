@@ -1,0 +1,19 @@
+"""Camera geometry: pinhole intrinsics, extrinsics (sensor and ego poses) and projections.
+
+The camera counterpart of :mod:`toolkit.lidar`: numpy only, float64, metres and pixels, no image I/O and no
+models. Reading a dataset's tables stays in :mod:`toolkit.datasets` (for nuScenes, the devkit's
+``NuScenes`` object); the functions here turn its calibration and poses into matrices and points into
+pixels (:mod:`toolkit.camera.geometry`).
+
+Frames, as in nuScenes:
+
+* camera frame: origin at the optical centre, x right, y down, z forward (along the optical axis), so a
+  point's depth is its z; pixel ``(u, v)`` = (column, row) with ``(0, 0)`` at the image's top-left corner.
+* ego frame: x forward, y left, z up, origin at the rear axle's centre on the ground; one ego pose per
+  sensor capture time (``ego_pose`` rows are keyed by ``sample_data`` token).
+* global frame: the map frame of the log that the ego poses are given in (metres, z up).
+* lidar frame (LIDAR_TOP): x to ego-right, y to ego-forward, z up (see :mod:`toolkit.lidar.range_map`).
+
+Rigid transforms are (4, 4) homogeneous matrices ``T_a_from_b`` that map points of frame ``b`` into frame
+``a``: ``p_a = T[:3, :3] @ p_b + T[:3, 3]``; quaternions are ``(w, x, y, z)`` as in the nuScenes tables.
+"""
