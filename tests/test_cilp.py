@@ -177,7 +177,13 @@ def _train(config: str, run_dir, shards, **extra):
 def test_staged_pipeline_keeps_frozen_parts_frozen_and_reports(cilp_data, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from toolkit.tasks.pretrained import load_run, sub_state
+    from toolkit.engine.checkpoint import load_trained_weights
+
+    def load_run(run):
+        return load_trained_weights(run)[:2]
+
+    def sub_state(state, prefix):
+        return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
 
     _, shards, _ = cilp_data
     runs = {name: tmp_path / name for name in ("lidar", "cilp", "projector", "rgb2lidar", "late")}

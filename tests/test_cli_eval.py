@@ -47,7 +47,7 @@ def test_evaluate_errors_are_clear(tmp_path, lidar_shards):
 def test_reconstruct_writes_points_and_pictures(trained_run, real_dataroot, tmp_path):
     run, _ = trained_run
     ck = run / "checkpoints"
-    res = run_cli(["-m", "toolkit.reconstruct", "--enc", str(ck / "iter_000000006_enc.jit"), "--dec",
+    res = run_cli(["-m", "toolkit.reconstruct", "--task", "lidar_tokenizer", "--enc", str(ck / "iter_000000006_enc.jit"), "--dec",
                    str(ck / "iter_000000006_dec.jit"), "--dataroot", str(real_dataroot), "--out", str(tmp_path)])
     assert res.returncode == 0, res.stderr
     key = "scene-0061_ca9a282c9e77460f8360f564131a8af5"

@@ -19,7 +19,7 @@ def test_run_writes_checkpoints_exports_and_summary(trained_run):
     run, summary = trained_run
     assert summary["status"] == "finished" and summary["step"] == 6
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert names == [f"iter_{s:09d}{suffix}" for s in (3, 6) for suffix in (".pt", "_dec.jit", "_ema.jit", "_enc.jit")]
+    assert names == sorted(f"iter_{s:09d}{suffix}" for s in (3, 6) for suffix in (".pt", "_ae.jit", "_dec.jit", "_enc.jit"))
     state = torch.load(run / "checkpoints" / "iter_000000006.pt", weights_only=True)
     assert state["step"] == 6 and state["config"]["task"]["name"] == "lidar_tokenizer"
     assert set(state) >= {"model", "ema", "optimizer", "scheduler", "scaler", "rng", "data", "config"}
@@ -56,7 +56,7 @@ def test_resume_restores_state_exactly_and_continues_identically(lidar_shards, t
     saved = torch.load(run / "checkpoints" / "iter_000000003.pt", weights_only=True)
 
     trainer = Trainer(load_config(CONFIG, tiny_overrides(lidar_shards, run)))
-    trainer._resume()
+    trainer.resume()
     assert trainer.step == 3
     for key, value in trainer.unwrapped.state_dict().items():
         assert torch.equal(value, saved["model"][key]), key
@@ -86,6 +86,8 @@ def test_finished_run_is_a_no_op_when_started_again(lidar_shards, trained_run):
 
 
 def test_jit_exports_load_in_a_fresh_process_and_match_eager(trained_run, tmp_path):
+    """All exports hold the EMA weights (eval.ema is on): scripted and loaded without the package, they
+    reproduce the eager EMA modules."""
     from toolkit.tasks.lidar_tokenizer.model import RangeAutoencoderExport, RangeDecoder, RangeEncoder
 
     run, _ = trained_run
@@ -94,23 +96,21 @@ def test_jit_exports_load_in_a_fresh_process_and_match_eager(trained_run, tmp_pa
     from toolkit.tasks import build_task
 
     task = build_task(from_dict(state["config"]).task)
-    model = task.build_model().eval()
-    model.load_state_dict(state["model"])
     ema = task.build_model().eval()
     ema.load_state_dict(state["ema"]["module"])
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(2, 1, 32, 1084, generator=gen) * 80 + 0.5
     x[:, :, 28:] = 0.0  # no-return pixels
     with torch.no_grad():
-        latent = RangeEncoder(model)(x)
-        expected = {"enc": latent, "dec": RangeDecoder(model)(latent), "ema": RangeAutoencoderExport(ema)(x)}
+        latent = RangeEncoder(ema)(x)
+        expected = {"enc": latent, "dec": RangeDecoder(ema)(latent), "ae": RangeAutoencoderExport(ema)(x)}
     torch.save({"x": x, "latent": latent, **{f"exp_{k}": v for k, v in expected.items()}}, tmp_path / "io.pt")
     script = textwrap.dedent(f"""
         import sys, torch
         d = torch.load({str(tmp_path / 'io.pt')!r})
         ck = {str(run / 'checkpoints')!r} + "/iter_000000006_"
         out = {{"enc": torch.jit.load(ck + "enc.jit")(d["x"]), "dec": torch.jit.load(ck + "dec.jit")(d["latent"]),
-               "ema": torch.jit.load(ck + "ema.jit")(d["x"])}}
+               "ae": torch.jit.load(ck + "ae.jit")(d["x"])}}
         assert "toolkit" not in sys.modules
         for k, v in out.items():
             err = (v - d["exp_" + k]).abs().max().item()
@@ -120,7 +120,7 @@ def test_jit_exports_load_in_a_fresh_process_and_match_eager(trained_run, tmp_pa
     """)
     res = run_cli([sys.executable, "-c", script], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "ok ['dec', 'ema', 'enc']" in res.stdout
+    assert "ok ['ae', 'dec', 'enc']" in res.stdout
 
 
 def test_keep_prunes_old_checkpoints_and_their_exports(lidar_shards, tmp_path):
@@ -135,8 +135,8 @@ def test_keep_prunes_old_checkpoints_and_their_exports(lidar_shards, tmp_path):
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     ck = Checkpointer(tmp_path, keep=5)
-    ck.save(1, {"model": {}, "step": 1})
-    ck.save(2, {"model": {}, "step": 2})
+    ck.write(1, {"model": {}, "step": 1})
+    ck.write(2, {"model": {}, "step": 2})
     (tmp_path / "iter_000000002.pt").write_bytes(b"truncated")
     state, path = ck.load_latest()
     assert state["step"] == 1 and path.name == "iter_000000001.pt"

@@ -140,7 +140,7 @@ def test_local_and_slurm_runs_complete_and_a_preempted_job_resumes_exactly(lidar
     assert "SIGTERM: checkpointing at the next step" in logs
     # checkpoints, JIT exports and TensorBoard logs are all in the run folder
     assert (run / "checkpoints" / f"iter_{steps:09d}_enc.jit").exists()
-    assert (run / "checkpoints" / f"iter_{steps:09d}_ema.jit").exists()
+    assert (run / "checkpoints" / f"iter_{steps:09d}_ae.jit").exists()
     assert list((run / "tb").glob("events.out.tfevents.*"))
     # the interrupted-and-resumed run ends exactly where the uninterrupted one does
     final, reference = _final_model(run, steps), _final_model(ref, steps)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from toolkit.models.cosmos_tokenizer import PRESETS, AutoencoderConfig, CosmosAutoencoder, HaarPatcher, HaarUnpatcher
+from toolkit.tasks.lidar_tokenizer.autoencoder import PRESETS, AutoencoderConfig, CosmosAutoencoder, HaarPatcher, HaarUnpatcher
 from toolkit.tasks.lidar_tokenizer import LidarTokenizerConfig, RangeCodec
 from toolkit.tasks.lidar_tokenizer.model import fill_invalid_rowwise
 

@@ -31,7 +31,7 @@ import torch
 
 def bench_loader(cfg, samples: int = 512) -> dict:
     """Samples/s of the training loader vs a bare tar loop over the same shards."""
-    from toolkit.data.pipeline import SKIPPED_KEY, expand_shards, train_loader
+    from toolkit.data.pipeline import expand_shards, train_loader
     from toolkit.tasks import build_task
 
     task = build_task(cfg.task)
@@ -46,8 +46,7 @@ def bench_loader(cfg, samples: int = 512) -> dict:
     next(it)  # start the workers and fill the pipeline once
     t0 = time.perf_counter()
     for _ in range(n_batches):
-        batch = next(it)
-        batch.pop(SKIPPED_KEY, None)
+        next(it)
     pipeline_s = time.perf_counter() - t0
     del it, loader
 
@@ -79,7 +78,7 @@ def bench_loader(cfg, samples: int = 512) -> dict:
 def bench_engine(cfg, steps: int = 30, warmup: int = 5) -> dict:
     """Seconds per step of the Trainer loop vs a bare PyTorch loop (same model, batch, precision)."""
     from toolkit.config import to_dict
-    from toolkit.data.pipeline import SKIPPED_KEY, train_loader
+    from toolkit.data.pipeline import train_loader
     from toolkit.engine.device import check_precision, select_device
     from toolkit.engine.optim import build_optimizer
     from toolkit.engine.trainer import Trainer
@@ -117,7 +116,6 @@ def bench_engine(cfg, steps: int = 30, warmup: int = 5) -> dict:
     batches = []
     for _ in range(min(8, warmup + steps)):
         b = next(loader)
-        b.pop(SKIPPED_KEY, None)
         batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
@@ -126,7 +124,7 @@ def bench_engine(cfg, steps: int = 30, warmup: int = 5) -> dict:
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         with autocast():
-            loss = task.losses(model, batches[i % len(batches)])["loss"]
+            loss = task.losses(model, batches[i % len(batches)]).total()
         if scaler:
             scaler.scale(loss).backward()
             scaler.unscale_(opt)

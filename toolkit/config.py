@@ -281,6 +281,18 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` lines for every dotted key whose value differs between two config dicts."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.extend(config_diff(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changes
+
+
 def run_dir(cfg: Config) -> Path:
     """The run folder: ``run.dir`` or ``run.root/run.name``."""
     return Path(cfg.run.dir) if cfg.run.dir else Path(cfg.run.root) / cfg.run.name

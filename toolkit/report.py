@@ -2,7 +2,7 @@
 
 ``python -m toolkit.report runs/cilp_* [--out reports/cilp.md]``
 
-Per run: experiment (from the task config), validation loss and accuracy (the last evaluation of the
+Per run: experiment (the task's :meth:`~toolkit.tasks.base.Task.title` of its config), validation loss and accuracy (the last evaluation of the
 model, ``summary.json``), trainable parameters, seconds per epoch (mean measured step time x steps per
 epoch, an epoch being the training split of ``info.json`` beside the shards divided by the global batch)
 and peak memory (CUDA allocator peak on GPUs, process max RSS on CPUs).
@@ -13,24 +13,22 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
-FUSION_NAMES = {"late": "Late Fusion", "concat": "Int Fusion (Concat)", "add": "Int Fusion (Add)",
-                "mul": "Int Fusion (Mul)", "lidar": "LiDAR Classifier", "rgb": "RGB Classifier"}
-TASK_NAMES = {"cilp": "CILP (Contrastive Pretraining)", "cilp_projector": "Cross-Modal Projector",
-              "rgb2lidar": "RGB → LiDAR Fine-Tuning"}
-
+from toolkit.files import write_text
 
 def experiment_name(cfg: dict) -> str:
+    """The run's name in the table, as its task titles it."""
+    from toolkit.tasks import get_task_class
+
     task = cfg["task"]
-    if task["name"] == "fusion":
-        name = FUSION_NAMES.get(task["mode"], task["mode"])
-        return name + (", Strided Conv" if task.get("downsample") == "stride" else "")
-    return TASK_NAMES.get(task["name"], task["name"])
+    try:
+        return get_task_class(task["name"]).title(task)
+    except KeyError:
+        return str(task["name"])
 
 
 def train_samples(cfg: dict) -> int | None:
@@ -99,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out + ".tmp"
-        Path(tmp).write_text(table + "\n")
-        os.replace(tmp, args.out)
+        write_text(args.out, table + "\n")
     return 0
 
 

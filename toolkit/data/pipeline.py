@@ -5,14 +5,16 @@ runs the same number of steps whatever the shard count (WebDataset's resampled-s
 open_clip; the engine counts steps, which replaces ``with_epoch``)::
 
     resampled shard names (seeded by seed, rank, worker) -> tar samples -> shuffle buffer (raw bytes)
-      -> fast-forward (resume) -> task decode (per-sample RNG) -> batch -> WebLoader(batch_size=None)
+      -> fast-forward (resume) -> task decode (per-sample RNG) -> batch -> DataLoader(batch_size=None)
 
 Evaluation (:func:`eval_loader`): one finite pass, shards split by node (rank) and by worker, so each
 sample is read exactly once across all ranks and workers.
 
 Corrupt data never stops a run: an unreadable shard, a truncated tar or a sample the task cannot
-decode is skipped, warned about (first few per worker) and *counted*; the count travels with the
-next batch under the key ``"__skipped__"`` and the engine logs the running total.
+decode is skipped, warned about (first few per worker) and *counted*. Both loaders return a
+:class:`Batches` iterable: it yields plain batch dicts and keeps the running count of skipped samples
+in ``.skipped`` (inside the pipeline each batch travels as ``(batch, skipped_before_it)`` so counts from
+worker processes reach the consumer; nothing is added to the batch).
 
 Exact resume: the stream is a pure function of (seed, rank, worker, position), and augmentation
 randomness is drawn from a per-sample generator, so skipping the first ``k`` samples before decoding
@@ -37,7 +39,6 @@ import torch
 import webdataset as wds
 from torch.utils.data import default_collate
 
-SKIPPED_KEY = "__skipped__"
 DecodeFn = Callable[[dict, np.random.Generator], dict]
 
 
@@ -223,8 +224,8 @@ def _decode(src: Iterable[dict], fn: DecodeFn, seed: int, rank: int, counter: Sk
             yield out
 
 
-def _batch(src: Iterable[dict], batch_size: int, counter: SkipCounter, partial: bool) -> Iterator[dict]:
-    """Collate ``batch_size`` samples; each batch carries the skips counted before it is handed on.
+def _batch(src: Iterable[dict], batch_size: int, counter: SkipCounter, partial: bool) -> Iterator[tuple[dict, int]]:
+    """Collate ``batch_size`` samples into ``(batch, skips counted before it was handed on)``.
 
     One finished batch is held back until the next one is complete (or the stream ends), so skips that
     happen after the last sample of a finite stream still reach the consumer.
@@ -235,23 +236,45 @@ def _batch(src: Iterable[dict], batch_size: int, counter: SkipCounter, partial: 
         buf.append(sample)
         if len(buf) == batch_size:
             if pending is not None:
-                pending[SKIPPED_KEY] = counter.take()
-                yield pending
+                yield pending, counter.take()
             pending, buf = default_collate(buf), []
     if buf and partial:
         if pending is not None:
-            pending[SKIPPED_KEY] = counter.take()
-            yield pending
+            yield pending, counter.take()
         pending = default_collate(buf)
     if pending is not None:
-        pending[SKIPPED_KEY] = counter.take()
-        yield pending
+        yield pending, counter.take()
+
+
+class Batches:
+    """The batches of a loader, with the running count of skipped (corrupt) samples in ``skipped``.
+
+    Iterating yields batch dicts (stacked tensors). ``skipped`` counts, across all worker processes,
+    the samples and shards skipped before the batches yielded so far (for a finished finite pass: all).
+    Closing the iterator (``it.close()``, or finishing a finite pass) shuts its worker processes down at
+    once: an infinite stream is never exhausted, and persistent workers left to the interpreter's exit
+    would keep the process waiting for them.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        it = iter(self.loader)
+        try:
+            for batch, skipped in it:
+                self.skipped += int(skipped)
+                yield batch
+        finally:
+            if hasattr(it, "_shutdown_workers"):  # a multi-process iterator
+                it._shutdown_workers()
 
 
 def train_loader(shards: str | list[str], decode: DecodeFn, batch_size: int, *, seed: int, rank: int = 0,
                  num_workers: int = 2, shuffle_buffer: int = 1000, skip_batches: int = 0,
-                 keys: tuple[str, ...] | None = None) -> wds.WebLoader:
-    """Infinite training loader: every ``next()`` gives one batch (dict of stacked tensors).
+                 keys: tuple[str, ...] | None = None) -> Batches:
+    """Infinite training loader: ``iter()`` of it gives an endless sequence of batches (dicts of stacked tensors).
 
     Args:
         shards: shard specification (see :func:`expand_shards`).
@@ -276,8 +299,9 @@ def train_loader(shards: str | list[str], decode: DecodeFn, batch_size: int, *, 
         _stage(_decode, decode, seed, rank, counter, skip_batches, batch_size),
         _stage(_batch, batch_size, counter, False),
     )
-    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
-                         persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers > 0 else None)
+    return Batches(torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=num_workers,
+                                               worker_init_fn=_worker_init, persistent_workers=num_workers > 0,
+                                               prefetch_factor=2 if num_workers > 0 else None))
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -293,7 +317,7 @@ def _split_by_rank(src: Iterable, rank: int, world_size: int) -> Iterator:
 
 
 def eval_loader(shards: str | list[str], decode: DecodeFn, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                num_workers: int = 0, seed: int = 0, keys: tuple[str, ...] | None = None) -> wds.WebLoader:
+                num_workers: int = 0, seed: int = 0, keys: tuple[str, ...] | None = None) -> Batches:
     """One finite pass over ``shards``, split by node (rank) then by worker; last batch may be short.
 
     Every sample is read exactly once across all ranks and workers. With fewer shards than
@@ -312,4 +336,5 @@ def eval_loader(shards: str | list[str], decode: DecodeFn, batch_size: int, *, r
         _stage(_decode, decode, seed, rank, counter),
         _stage(_batch, batch_size, counter, True),
     )
-    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init)
+    return Batches(torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=num_workers,
+                                               worker_init_fn=_worker_init))

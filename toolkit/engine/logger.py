@@ -24,32 +24,36 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class RunLogger:
-    """Logger for one run; a no-op unless ``enabled`` (the main process).
+    """Logger for one run; writes only on the main process (``enabled``) and only after :meth:`open`.
 
     Args:
         run_dir: the run folder.
         enabled: write anything at all.
-        total_steps, start_step: for the progress bar and ETA.
-        progress: show a tqdm bar.
+        total_steps: for the progress bar and ETA.
+        progress: show a tqdm bar (when stderr is a terminal).
     """
 
-    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int = 0, progress: bool = True):
-        self.enabled = enabled
-        self.total = total_steps
-        self.start_step = start_step
+    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, progress: bool = True):
+        self.run_dir, self.enabled, self.total, self.progress = Path(run_dir), enabled, total_steps, progress
+        self.start_step = 0
         self.t0 = time.time()
         self.writer = None
+        self.jsonl = None
         self.bar = None
-        if not enabled:
+
+    def open(self, start_step: int = 0) -> None:
+        """Open TensorBoard, ``metrics.jsonl`` (appending) and the progress bar, starting at ``start_step``."""
+        self.start_step, self.t0 = start_step, time.time()
+        if not self.enabled or self.writer is not None:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
-        self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a", buffering=1)
-        if progress and sys.stderr.isatty():
+        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        self.jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        if self.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+            self.bar = tqdm(total=self.total, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                             mininterval=0.5, file=sys.stderr)
 
     def print(self, msg: str) -> None:
@@ -60,31 +64,34 @@ class RunLogger:
         else:
             print(msg, file=sys.stderr, flush=True)
 
-    def advance(self, step: int, loss: float | None = None) -> None:
+    def advance(self, step: int, loss=None) -> None:
+        """Move the progress bar to ``step``; ``loss`` (a number, a 0-d tensor, or a callable giving one)
+        is read only when a bar is shown, so no device value is synchronised otherwise."""
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                value = float(loss() if callable(loss) else loss)
+                self.bar.set_postfix(loss=f"{value:.4g}", refresh=False)
 
     def eta(self, step: int) -> float:
         done = step - self.start_step
         return (time.time() - self.t0) / done * (self.total - step) if done > 0 else float("nan")
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
+        if self.writer is None:
             return
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
         self.jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
 
     def images(self, step: int, images: dict[str, torch.Tensor]) -> None:
-        if not self.enabled:
+        if self.writer is None:
             return
         for tag, img in images.items():
             self.writer.add_image(tag, img.detach().float().clamp(0, 1).cpu(), step, dataformats="CHW")
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
-        if self.enabled:
+        if self.writer is not None:
             self.writer.add_text(tag, text, step)
 
     def line(self, step: int, values: dict[str, float]) -> None:
@@ -99,13 +106,14 @@ class RunLogger:
         self.print(" | ".join(parts))
 
     def flush(self) -> None:
-        if self.enabled:
+        if self.writer is not None:
             self.writer.flush()
 
     def close(self) -> None:
-        if not self.enabled:
-            return
         if self.bar is not None:
             self.bar.close()
-        self.writer.close()
-        self.jsonl.close()
+            self.bar = None
+        if self.writer is not None:
+            self.writer.close()
+            self.jsonl.close()
+            self.writer = self.jsonl = None

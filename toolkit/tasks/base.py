@@ -1,33 +1,81 @@
 """The task plug-in interface: everything task-specific, nothing of the engine.
 
-The engine (:mod:`toolkit.engine.trainer`) owns devices, precision, distribution, the optimizer, EMA,
-checkpoints, logging and data streaming. A task owns:
+The engine (:mod:`toolkit.engine`) owns devices, precision, distribution, the optimizer, EMA,
+checkpoints and exports, evaluation schedules, logging and data streaming. A task owns:
 
-* ``Config``: a dataclass for its ``task:`` config section (with a ``name`` field);
-* :meth:`build_model`: the ``nn.Module`` to train;
+* ``Config``: a dataclass for its ``task:`` config section (with a ``name`` field and optionally
+  ``validate()`` raising ``ValueError`` naming the ``task.*`` key);
+* :meth:`build_model`: the ``nn.Module`` to train (a staged task may load upstream runs with
+  :func:`toolkit.engine.checkpoint.load_trained_model`);
 * :meth:`decode_train` / :meth:`decode_eval`: one WebDataset sample (dict of raw bytes by extension)
   -> dict of numpy arrays / numbers, collated into batches by the engine; ``shard_keys`` names the
   members they read;
-* :meth:`losses`: a batch -> dict of scalars: the total loss under ``"loss"`` (back-propagated), other
-  entries (loss terms, a temperature, ...) are logged as ``train/<key>``;
-* :meth:`metric_sums` / :meth:`metrics`: validation as sums (the engine adds them over batches and
-  ranks) then final values;
-* :meth:`visuals`: images of one batch for TensorBoard; :meth:`eval_images`: images of the validation
-  sums (a confusion matrix); :meth:`exports`: modules to TorchScript at every checkpoint;
-* :meth:`info`: static figures logged once (e.g. compression ratio);
-* :meth:`after_optimizer_step`: in-place updates after each step (e.g. clamping a logit scale).
+* :meth:`losses`: a batch -> :class:`StepOutput`: the loss terms (summed into the back-propagated
+  loss, each logged as ``train/<term>``, the sum as ``train/loss``) and, separately, values that are
+  only logged (a temperature, an accuracy) as ``train/<key>``;
+* :meth:`evaluate_batch` -> :class:`EvalOutput`: per-batch *sums* (added over batches and ranks) and
+  per-sample *features* (gathered over ranks for whole-set metrics such as retrieval);
+  :meth:`metrics` turns both into the validation values;
+* :meth:`visuals`: images of one batch for TensorBoard; :meth:`eval_images`: images of a whole
+  evaluation (a confusion matrix);
+* :meth:`exports`: modules to TorchScript at every checkpoint, built from the one set of weights the
+  engine chose (EMA or raw, per ``eval.ema``); :meth:`export_inputs`: example inputs for them;
+* :meth:`info`: static figures logged once; :meth:`after_optimizer_step`: in-place updates after each
+  step (clamping a logit scale); :meth:`title`: the run's name in reports;
+* :meth:`example`: a tiny configuration and raw samples for the contract test
+  (``tests/test_task_contract.py`` runs every registered task through every hook).
 
 Contract for distributed training: :meth:`losses` must call ``model(...)`` (the wrapped module it is
-given) exactly once per micro-step, so DDP sees one forward per backward.
+given) exactly once per micro-step, so DDP sees one forward per backward. Evaluation hooks get the
+unwrapped module.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+
+
+@dataclass
+class StepOutput:
+    """What :meth:`Task.losses` returns.
+
+    Attributes:
+        losses: name -> scalar tensor; their sum is back-propagated (one term called ``loss`` is usual).
+        logs: name -> scalar tensor, logged only (detached by the engine, never back-propagated).
+    """
+
+    losses: dict[str, torch.Tensor]
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def total(self) -> torch.Tensor:
+        """The loss to back-propagate: the sum of the terms (the term itself when there is one)."""
+        terms = list(self.losses.values())
+        if not terms:
+            raise ValueError("a task's losses() returned no loss term")
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        return total
+
+
+@dataclass
+class EvalOutput:
+    """What :meth:`Task.evaluate_batch` returns for one batch.
+
+    Attributes:
+        sums: name -> scalar tensor (float64 advised), added over batches and ranks.
+        features: name -> (B, ...) tensor, one row per sample, concatenated over the whole evaluation
+            and gathered over ranks (rows of different keys stay aligned).
+    """
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Task:
@@ -60,35 +108,57 @@ class Task:
         return self.decode_train(sample, rng)
 
     # --- training -------------------------------------------------------------------------------
-    def losses(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        """Scalar losses; ``"loss"`` is the one that is back-propagated."""
+    def losses(self, model: nn.Module, batch: dict) -> StepOutput:
+        """Loss terms and logged values of one micro-batch."""
         raise NotImplementedError
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         """Called on the unwrapped model after every optimizer step."""
 
     # --- evaluation -------------------------------------------------------------------------------
-    def metric_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        """Per-batch sums (float64 scalars) that :meth:`metrics` turns into values. Default: none."""
-        return {}
+    def evaluate_batch(self, model: nn.Module, batch: dict) -> EvalOutput:
+        """Sums and per-sample features of one validation batch. Default: nothing."""
+        return EvalOutput()
 
-    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        """Final validation metrics from the sums over all batches and ranks."""
+    def metrics(self, sums: dict[str, float], features: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Validation metrics from the sums over all batches and ranks and the gathered features."""
         return dict(sums)
 
     def visuals(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """Images for TensorBoard: name -> float tensor (3, H, W) in [0, 1]."""
         return {}
 
-    def eval_images(self, sums: dict[str, float]) -> dict[str, torch.Tensor]:
-        """Images from the validation sums of the whole set (e.g. a confusion matrix), logged at each evaluation."""
+    def eval_images(self, sums: dict[str, float], features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Images of a whole evaluation (e.g. a confusion matrix), logged at each evaluation."""
         return {}
 
     # --- export ---------------------------------------------------------------------------------
-    def exports(self, model: nn.Module, ema_model: nn.Module | None) -> dict[str, nn.Module]:
-        """Modules to script and save as ``iter_N_<suffix>.jit`` at every checkpoint (CPU, fp32)."""
+    def exports(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Modules to script and save as ``iter_N_<suffix>.jit`` at every checkpoint (CPU, fp32).
+
+        ``model`` holds the weights the engine exports (EMA or raw, per ``eval.ema``)."""
+        return {}
+
+    def export_inputs(self, batch: dict) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Example positional inputs of each export, taken from a decoded batch (contract test)."""
         return {}
 
     def info(self, model: nn.Module) -> dict[str, float]:
         """Static figures logged once at the start (scalars)."""
         return {}
+
+    @classmethod
+    def title(cls, task_cfg: dict) -> str:
+        """How reports name a run of this task, from its ``task`` config section (a plain dict)."""
+        return str(task_cfg.get("name", cls.name))
+
+    # --- contract test ----------------------------------------------------------------------------
+    @classmethod
+    def example(cls, workdir: Path, rng: np.random.Generator) -> tuple[dict, list[dict]]:
+        """A tiny configuration and raw samples that exercise every hook in seconds on a CPU.
+
+        Returns:
+            (``task.*`` overrides as a dict, list of raw WebDataset samples: extension -> bytes).
+            A staged task may write the upstream runs it needs into ``workdir``.
+        """
+        raise NotImplementedError(f"task {cls.name!r} has no example() for the contract test")

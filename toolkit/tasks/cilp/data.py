@@ -87,3 +87,4 @@ def decode_pair(sample: dict, cfg: CILPDataConfig, need_lidar: bool = True) -> d
 
 
 SHARD_KEYS = ("rgb.png", "lidar.npy", "azimuth.npy", "zenith.npy", "cls")
+CLASS_NAMES = ("cube", "sphere")  #: label 0 and 1 (the layout's ``cubes`` and ``spheres`` folders)

@@ -10,20 +10,21 @@ a confusion matrix over the whole validation set.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from toolkit.tasks.base import Task
+from toolkit.tasks.common.classification import ClassifierTask
 
-from .data import SHARD_KEYS, CILPDataConfig, decode_pair
+from .data import CLASS_NAMES, SHARD_KEYS, CILPDataConfig, decode_pair
 from .models import IntermediateFusion, LateFusion, UnimodalClassifier
-from .visuals import confusion_image, input_grid
+from .visuals import input_grid
 
-CLASS_NAMES = ["cube", "sphere"]
 MODES = ("late", "concat", "add", "mul", "lidar", "rgb")
+TITLES = {"late": "Late Fusion", "concat": "Int Fusion (Concat)", "add": "Int Fusion (Add)",
+          "mul": "Int Fusion (Mul)", "lidar": "LiDAR Classifier", "rgb": "RGB Classifier"}
 
 
 @dataclass
@@ -43,45 +44,20 @@ class FusionConfig(CILPDataConfig):
             raise ValueError(f"task.downsample={self.downsample!r} is not one of ['maxpool', 'stride']")
 
 
-class ClassifierTask(Task):
-    """Shared by the classification tasks: cross-entropy, accuracy, confusion matrix, input images."""
+class PairClassifierTask(ClassifierTask):
+    """A classifier of CILP pairs: decodes RGB (and LiDAR if ``uses_lidar``), shows the inputs."""
 
     uses_lidar = True
-
-    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        raise NotImplementedError
-
-    def losses(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        return {"loss": F.cross_entropy(self.logits(model, batch).float(), batch["label"])}
-
-    def metric_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        logits = self.logits(model, batch).float()
-        pred = logits.argmax(1)
-        label = batch["label"]
-        sums = {"loss_sum": F.cross_entropy(logits, label, reduction="sum").double(),
-                "correct": (pred == label).sum().double(), "count": torch.tensor(float(len(label)))}
-        k = self.cfg.num_classes
-        cm = torch.bincount(label * k + pred, minlength=k * k).double()
-        sums.update({f"cm_{i}_{j}": cm[i * k + j] for i in range(k) for j in range(k)})
-        return sums
-
-    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        n = max(sums.get("count", 0.0), 1.0)
-        return {"loss": sums.get("loss_sum", 0.0) / n, "accuracy": 100.0 * sums.get("correct", 0.0) / n}
-
-    def eval_images(self, sums: dict[str, float]) -> dict[str, torch.Tensor]:
-        k = self.cfg.num_classes
-        cm = np.array([[sums.get(f"cm_{i}_{j}", 0.0) for j in range(k)] for i in range(k)])
-        return {"confusion_matrix": confusion_image(cm, CLASS_NAMES[:k] if k == 2 else [str(i) for i in range(k)])}
-
-    def visuals(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        return {"inputs": input_grid(batch["rgb"], batch.get("lidar"))}
+    class_names = CLASS_NAMES
 
     def decode_train(self, sample: dict, rng: np.random.Generator) -> dict:
         return decode_pair(sample, self.cfg, need_lidar=self.uses_lidar)
 
+    def visuals(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        return {"inputs": input_grid(batch["rgb"], batch.get("lidar"))}
 
-class FusionTask(ClassifierTask):
+
+class FusionTask(PairClassifierTask):
     """See module docstring."""
 
     name = "fusion"
@@ -102,17 +78,39 @@ class FusionTask(ClassifierTask):
         channels = c.lidar_channels if c.mode == "lidar" else 4
         return UnimodalClassifier(channels, list(c.channels), c.num_classes, downsample=c.downsample, norm=c.norm)
 
-    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+    def _inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
         if self.cfg.mode == "lidar":
-            return model(batch["lidar"])
+            return (batch["lidar"],)
         if self.cfg.mode == "rgb":
-            return model(batch["rgb"])
-        return model(batch["rgb"], batch["lidar"])
+            return (batch["rgb"],)
+        return batch["rgb"], batch["lidar"]
 
-    def exports(self, model: nn.Module, ema_model: nn.Module | None) -> dict[str, nn.Module]:
-        out = {"classifier": ema_model if ema_model is not None else model}
+    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return model(*self._inputs(batch))
+
+    def exports(self, model: nn.Module) -> dict[str, nn.Module]:
+        out = {"classifier": model}
         if self.cfg.mode in ("lidar", "rgb"):
             out["enc"] = model.trunk
         else:
             out["rgb_enc"], out["lidar_enc"] = model.rgb, model.lidar
         return out
+
+    def export_inputs(self, batch: dict) -> dict[str, tuple[torch.Tensor, ...]]:
+        inputs = {"classifier": self._inputs(batch)}
+        if self.cfg.mode in ("lidar", "rgb"):
+            inputs["enc"] = self._inputs(batch)
+        else:
+            inputs["rgb_enc"], inputs["lidar_enc"] = (batch["rgb"],), (batch["lidar"],)
+        return inputs
+
+    @classmethod
+    def title(cls, task_cfg: dict) -> str:
+        name = TITLES.get(task_cfg.get("mode"), str(task_cfg.get("mode")))
+        return name + (", Strided Conv" if task_cfg.get("downsample") == "stride" else "")
+
+    @classmethod
+    def example(cls, workdir: Path, rng: np.random.Generator) -> tuple[dict, list[dict]]:
+        from .example import TINY, example_samples
+
+        return {"mode": "late", **TINY}, example_samples(rng)

@@ -186,22 +186,3 @@ class Projector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-class Frozen(nn.Module):
-    """A submodule that never trains: parameters without gradients and always in eval mode.
-
-    Gradients still flow *through* it (a frozen head after a trained projector must pass them back);
-    a frozen part before every trained one builds no graph anyway, as nothing upstream needs gradients.
-    """
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module.requires_grad_(False).eval()
-
-    def train(self, mode: bool = True) -> "Frozen":  # stays in eval mode
-        super().train(False)
-        return self
-
-    def forward(self, *args):
-        return self.module(*args)

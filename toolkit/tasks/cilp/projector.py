@@ -9,17 +9,19 @@ flattened embedding of the paired range image. Export: ``projector``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.tasks.base import Task
-from toolkit.tasks.pretrained import load_run
+from toolkit.tasks.base import EvalOutput, StepOutput, Task
+from toolkit.tasks.common.frozen import Frozen
 
-from .data import SHARD_KEYS, CILPDataConfig, decode_pair
-from .models import CILPModel, Frozen, Projector, UnimodalClassifier
+from .data import SHARD_KEYS, decode_pair
+from .models import Projector
+from .stages import load_cilp, load_lidar_classifier
 
 
 @dataclass
@@ -31,39 +33,6 @@ class CILPProjectorConfig:
     lidar_classifier_run: str = "runs/cilp_lidar_classifier"
     weights: str = "ema"
     hidden: list[int] = field(default_factory=lambda: [1000, 500])
-
-
-def _data_config(task: dict) -> CILPDataConfig:
-    keys = ("lidar_input", "max_range_m", "range_scale_m", "channels", "num_classes", "norm")
-    return CILPDataConfig(**{k: task[k] for k in keys if k in task})
-
-
-def load_cilp(source: str, weights: str) -> tuple[CILPModel, CILPDataConfig]:
-    """The trained CILP model of a run and its input settings."""
-    state, config = load_run(source, weights)
-    task = dict(config["task"])
-    data = _data_config(task)
-    model = CILPModel(4, data.lidar_channels, list(data.channels), task["emb_dim"], task["hidden"],
-                      norm=data.norm)
-    model.load_state_dict(state)
-    return model, data
-
-
-def load_lidar_classifier(source: str, weights: str) -> tuple[UnimodalClassifier, CILPDataConfig]:
-    """The trained LiDAR classifier (``fusion`` with ``mode: lidar``) of a run and its input settings.
-
-    Raises:
-        ValueError: if that run is not a LiDAR-only ``fusion`` run.
-    """
-    state, config = load_run(source, weights)
-    task = dict(config["task"])
-    if task.get("name") != "fusion" or task.get("mode") != "lidar":
-        raise ValueError(f"'{source}' is not a LiDAR classifier (a fusion run with mode: lidar)")
-    data = _data_config(task)
-    model = UnimodalClassifier(data.lidar_channels, list(data.channels), data.num_classes, downsample=task["downsample"],
-                               norm=data.norm)
-    model.load_state_dict(state)
-    return model, data
 
 
 class ProjectorModel(nn.Module):
@@ -100,17 +69,32 @@ class CILPProjectorTask(Task):
         # the LiDAR input in the classifier's encoding; the image is encoded the same way for every stage
         return decode_pair(sample, self.lidar_data)
 
-    def losses(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    def losses(self, model: nn.Module, batch: dict) -> StepOutput:
         pred, target = model(batch["rgb"], batch["lidar"])
-        return {"loss": F.mse_loss(pred.float(), target.float())}
+        return StepOutput({"loss": F.mse_loss(pred.float(), target.float())})
 
-    def metric_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    def evaluate_batch(self, model: nn.Module, batch: dict) -> EvalOutput:
         pred, target = model(batch["rgb"], batch["lidar"])
         n = pred.shape[0]
-        return {"loss_sum": F.mse_loss(pred.float(), target.float()).double() * n, "count": torch.tensor(float(n))}
+        return EvalOutput(sums={"loss_sum": F.mse_loss(pred.float(), target.float()).double() * n,
+                                "count": torch.tensor(float(n))})
 
-    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+    def metrics(self, sums: dict[str, float], features: dict[str, torch.Tensor]) -> dict[str, float]:
         return {"loss": sums.get("loss_sum", 0.0) / max(sums.get("count", 0.0), 1.0)}
 
-    def exports(self, model: nn.Module, ema_model: nn.Module | None) -> dict[str, nn.Module]:
-        return {"projector": (ema_model if ema_model is not None else model).projector}
+    def exports(self, model: nn.Module) -> dict[str, nn.Module]:
+        return {"projector": model.projector}
+
+    def export_inputs(self, batch: dict) -> dict[str, tuple[torch.Tensor, ...]]:
+        return {"projector": (self._cilp.image(batch["rgb"]),)}
+
+    @classmethod
+    def title(cls, task_cfg: dict) -> str:
+        return "Cross-Modal Projector"
+
+    @classmethod
+    def example(cls, workdir: Path, rng: np.random.Generator) -> tuple[dict, list[dict]]:
+        from .example import cilp_run, example_samples, lidar_classifier_run
+
+        return ({"cilp_run": str(cilp_run(workdir)), "lidar_classifier_run": str(lidar_classifier_run(workdir)),
+                 "hidden": [16]}, example_samples(rng))

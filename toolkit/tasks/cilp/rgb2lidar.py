@@ -9,17 +9,18 @@ optimizer (asserted by ``tests/test_cilp.py``). Export: ``classifier`` (RGB -> l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from toolkit.tasks.pretrained import load_run, sub_state
+from toolkit.engine.checkpoint import load_trained_model
+from toolkit.tasks.common.frozen import Frozen
 
 from .data import decode_pair
-from .fusion import ClassifierTask
-from .models import Frozen, Projector
-from .projector import load_cilp, load_lidar_classifier
+from .fusion import PairClassifierTask
+from .stages import load_cilp, load_lidar_classifier
 
 
 @dataclass
@@ -58,7 +59,7 @@ class _Export(nn.Module):
         return self.head(self.projector(self.image_embedder(rgb)))
 
 
-class RGB2LiDARTask(ClassifierTask):
+class RGB2LiDARTask(PairClassifierTask):
     """See module docstring."""
 
     name = "rgb2lidar"
@@ -70,11 +71,11 @@ class RGB2LiDARTask(ClassifierTask):
         super().__init__(cfg)
         self._cilp, self.cilp_data = load_cilp(cfg.cilp_run, cfg.weights)
         self._classifier, _ = load_lidar_classifier(cfg.lidar_classifier_run, cfg.weights)
-        state, config = load_run(cfg.projector_run, cfg.weights)
-        hidden = list(config["task"]["hidden"])
-        emb_dim = self._cilp.image.head[-1].out_features
-        self._projector = Projector(emb_dim, self._classifier.embed_dim, hidden)
-        self._projector.load_state_dict(sub_state(state, "projector"))
+        projector = load_trained_model(cfg.projector_run, cfg.weights)
+        if projector.config.task.name != "cilp_projector":
+            raise ValueError(f"task.projector_run={cfg.projector_run!r} is a {projector.config.task.name!r} run, "
+                             "not a cilp_projector run")
+        self._projector = projector.model.projector
 
     def build_model(self) -> RGB2LiDAR:
         return RGB2LiDAR(self._cilp.image, self._projector, self._classifier.head)
@@ -85,5 +86,19 @@ class RGB2LiDARTask(ClassifierTask):
     def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["rgb"])
 
-    def exports(self, model: nn.Module, ema_model: nn.Module | None) -> dict[str, nn.Module]:
-        return {"classifier": _Export(ema_model if ema_model is not None else model)}
+    def exports(self, model: nn.Module) -> dict[str, nn.Module]:
+        return {"classifier": _Export(model)}
+
+    def export_inputs(self, batch: dict) -> dict[str, tuple[torch.Tensor, ...]]:
+        return {"classifier": (batch["rgb"],)}
+
+    @classmethod
+    def title(cls, task_cfg: dict) -> str:
+        return "RGB → LiDAR Fine-Tuning"
+
+    @classmethod
+    def example(cls, workdir: Path, rng: np.random.Generator) -> tuple[dict, list[dict]]:
+        from .example import cilp_run, example_samples, lidar_classifier_run, projector_run
+
+        return ({"cilp_run": str(cilp_run(workdir)), "lidar_classifier_run": str(lidar_classifier_run(workdir)),
+                 "projector_run": str(projector_run(workdir))}, example_samples(rng))

@@ -1,18 +1,9 @@
-"""TensorBoard images for the CILP tasks: input grids, confusion matrices, similarity matrices."""
+"""TensorBoard images of the CILP family: input grids and similarity matrices (confusion matrices: ``tasks/common``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-
-def _figure_to_tensor(fig) -> torch.Tensor:
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(np.float32) / 255.0
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return torch.from_numpy(rgba.copy()).permute(2, 0, 1)
 
 
 def input_grid(rgb: torch.Tensor, lidar: torch.Tensor | None, n: int = 8) -> torch.Tensor:
@@ -31,26 +22,6 @@ def input_grid(rgb: torch.Tensor, lidar: torch.Tensor | None, n: int = 8) -> tor
     colored = torch.from_numpy(matplotlib.colormaps["viridis"](depth.transpose(1, 2).numpy())[..., :3]).float()
     bottom = torch.cat(list(colored.permute(0, 3, 1, 2)), dim=2)
     return torch.cat([top, bottom], dim=1).clamp(0, 1)
-
-
-def confusion_image(cm: np.ndarray, class_names: list[str]) -> torch.Tensor:
-    """A labelled confusion-matrix plot (rows: true class, columns: predicted)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(3.2, 3.0), dpi=100)
-    ax.imshow(cm, cmap="Blues")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="black")
-    ax.set_xticks(range(len(class_names)), class_names)
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.tight_layout()
-    return _figure_to_tensor(fig)
 
 
 def similarity_image(logits: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Evaluate a trained model: ``python -m toolkit.evaluate --task lidar_tokenizer ...``.
+"""The LiDAR tokenizer's part of ``python -m toolkit.evaluate --task lidar_tokenizer ...``.
 
 LiDAR tokenizer: reconstruction error in metres over valid pixels (input range inside
 [min, max], by default the interval the model was trained with), pooled over all frames:
@@ -20,23 +20,18 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import sys
 
 import torch
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m toolkit.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=["lidar_tokenizer"], help="task to evaluate")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """This family's options of ``python -m toolkit.evaluate`` (beside ``--task``, ``--device``, ``--json``)."""
+    from toolkit.cli import add_model_arguments
+
     p.add_argument("--enc", help="encoder TorchScript file (iter_N_enc.jit)")
     p.add_argument("--dec", help="decoder TorchScript file (iter_N_dec.jit)")
-    p.add_argument("--run", help="run folder: use the newest checkpoint's enc/dec exports")
-    p.add_argument("--checkpoint", help="iter_N.pt instead of --enc/--dec")
-    p.add_argument("--weights", choices=["ema", "model"], default="ema", help="checkpoint weights (default ema)")
+    add_model_arguments(p, exports="enc/dec")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--shards", help="range-map shards (brace pattern or glob)")
     src.add_argument("--dataroot", help="nuScenes dataroot (read through nuscenes-devkit)")
@@ -45,19 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-range", type=float, default=None, help="valid interval lower bound, m (default: model's)")
     p.add_argument("--max-range", type=float, default=None, help="valid interval upper bound, m (default: model's)")
     p.add_argument("--baseline", action="store_true", help="also score the downsample/bilinear baseline")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--json", help="write the metrics as JSON to this file")
-    return p
 
 
 def evaluate_lidar_tokenizer(args) -> dict:
     """Run the evaluation described in the module docstring; returns the JSON dict."""
-    from toolkit.lidar.metrics import RangeErrorSums, downsample_baseline, factor_pairs
-    from toolkit.tasks.lidar_tokenizer.inference import Tokenizer, iter_frames, latest_exports
+    from toolkit.engine.checkpoint import latest_exports
+
+    from .inference import Tokenizer, iter_frames
+    from .metrics import RangeErrorSums, downsample_baseline, factor_pairs
 
     if args.run:
-        args.enc, args.dec = latest_exports(args.run)
+        args.enc, args.dec = latest_exports(args.run, ("enc", "dec"))
     tok = Tokenizer(args.enc, args.dec, args.checkpoint, args.weights, args.device, args.dtype)
     lo = tok.min_range_m if args.min_range is None else args.min_range
     hi = tok.max_range_m if args.max_range is None else args.max_range
@@ -108,24 +102,8 @@ def format_table(result: dict) -> str:
     return "\n".join(lines) + f"\nvalid pixels: input range in [{result['min_range_m']:g}, {result['max_range_m']:g}] m"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from toolkit.engine.checkpoint import CheckpointError
-
-    try:
-        result = evaluate_lidar_tokenizer(args)
-    except (ValueError, FileNotFoundError, CheckpointError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def run(args) -> dict:
+    """Evaluate, print the table; returns the JSON dict (written by the caller with ``--json``)."""
+    result = evaluate_lidar_tokenizer(args)
     print(format_table(result))
-    if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return result

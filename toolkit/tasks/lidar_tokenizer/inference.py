@@ -4,7 +4,8 @@
   the devkit), one frame at a time with its key and metadata;
 * :class:`Tokenizer`: encode/decode in metres with the JIT exports (``iter_N_enc.jit`` +
   ``iter_N_dec.jit``, loadable without this package) or with a checkpoint (``iter_N.pt``, EMA
-  weights by default).
+  weights by default, loaded by :func:`toolkit.engine.checkpoint.load_trained_model`), through the
+  same encoder/decoder wrappers that are exported.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 
 from toolkit.lidar.range_map import RangeMap, range_map_from_points
+
+from .model import RangeDecoder, RangeEncoder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,7 +60,7 @@ def iter_frames(shards: str | None = None, dataroot: str | None = None, version:
                 return
 
     if sample is not None and sample.endswith(".pcd.bin"):
-        from toolkit.lidar.nuscenes_io import read_pcd_bin
+        from toolkit.datasets.nuscenes import read_pcd_bin
 
         if not os.path.isfile(sample):
             raise FileNotFoundError(f"--sample '{sample}' does not exist")
@@ -82,7 +85,7 @@ def iter_frames(shards: str | None = None, dataroot: str | None = None, version:
 
         yield from take(from_shards())
         return
-    from toolkit.lidar.nuscenes_io import iter_lidar_frames, load_nuscenes
+    from toolkit.datasets.nuscenes import iter_lidar_frames, load_nuscenes
 
     nusc = load_nuscenes(dataroot, version)
 
@@ -93,22 +96,6 @@ def iter_frames(shards: str | None = None, dataroot: str | None = None, version:
             yield Frame(f"{f.scene_name}_{f.sample_token}", range_map_from_points(f.points, n_rings=n_rings), meta)
 
     yield from take(from_dataroot())
-
-
-def latest_exports(run: str) -> tuple[str, str]:
-    """(enc, dec) JIT paths of the newest checkpoint in a run folder.
-
-    Raises:
-        FileNotFoundError: if the run has no complete checkpoint with exports.
-    """
-    from toolkit.engine.checkpoint import Checkpointer
-
-    ck = Checkpointer(Path(run) / "checkpoints")
-    for step, _ in reversed(ck.list()):
-        enc, dec = ck.export_path(step, "enc"), ck.export_path(step, "dec")
-        if enc.exists() and dec.exists():
-            return str(enc), str(dec)
-    raise FileNotFoundError(f"no checkpoint with enc/dec exports in '{run}/checkpoints'")
 
 
 class Tokenizer:
@@ -136,20 +123,13 @@ class Tokenizer:
         if checkpoint:
             if enc or dec:
                 raise ValueError("give either --checkpoint or --enc/--dec, not both")
-            from toolkit.config import from_dict
-            from toolkit.engine.checkpoint import Checkpointer
-            from toolkit.tasks import build_task
+            from toolkit.engine.checkpoint import load_trained_model
 
-            state = Checkpointer.load(checkpoint)
-            cfg = from_dict(state["config"], source=f"config stored in {checkpoint}")
-            model = build_task(cfg.task).build_model()
-            use_ema = weights == "ema" and state.get("ema")
-            model.load_state_dict(state["ema"]["module"] if use_ema else state["model"])
-            model = model.eval().to(self.device, self.dtype)
-            self._encoder = lambda r: model.autoencoder.encoder(model.codec.normalize(r))
-            self._decoder = lambda z: model.codec.denormalize(model.autoencoder.decoder(z), 8 * z.shape[-1])
+            trained = load_trained_model(checkpoint, weights)
+            model = trained.model.to(self.device, self.dtype)
+            self._encoder, self._decoder = RangeEncoder(model), RangeDecoder(model)
             self.min_range_m, self.max_range_m = model.codec.min_range, model.codec.max_range
-            self.source = f"{checkpoint} ({'EMA' if use_ema else 'model'} weights)"
+            self.source = f"{checkpoint} ({'EMA' if trained.weights == 'ema' else 'model'} weights)"
         else:
             if not (enc and dec):
                 raise ValueError("give --enc and --dec (TorchScript files) or --checkpoint")

@@ -3,6 +3,9 @@
 Definitions (Cosmos LiDAR tokenizer ``lidar_cli``; ``shared/notes/lidar-tokenizer.md`` section 4), over
 valid pixels (input range inside [min_range_m, max_range_m]) pooled across all frames:
 ``d = r_hat - r``, RMSE = sqrt(mean d^2), MAE = mean |d|, relative error = mean(|d| / (r + 1e-6)).
+
+:func:`range_error_sums` gives the sums of one batch (the engine adds them over batches and ranks),
+:func:`range_metrics` the values; :class:`RangeErrorSums` pools frames one at a time (the CLIs).
 """
 
 from __future__ import annotations
@@ -11,6 +14,26 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+def range_error_sums(pred_m: torch.Tensor, target_m: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Float64 sums over valid pixels: ``sq`` (m^2), ``abs`` (m), ``rel`` (|d| / r) and ``pixels``.
+
+    Args:
+        pred_m, target_m: range in metres, any equal shapes (e.g. (B, 1, H, W)); valid: bool, same shape.
+    """
+    d = (pred_m.double() - target_m.double())[valid]
+    r = target_m.double()[valid]
+    return {"sq": (d * d).sum(), "abs": d.abs().sum(), "rel": (d.abs() / (r + 1e-6)).sum(), "pixels": valid.sum().double()}
+
+
+def range_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """``rmse_m``, ``mae_m``, ``rel_err`` from :func:`range_error_sums` added up; NaN when no pixel was valid."""
+    n = sums.get("pixels", 0.0)
+    if not n:
+        nan = float("nan")
+        return {"rmse_m": nan, "mae_m": nan, "rel_err": nan}
+    return {"rmse_m": (sums["sq"] / n) ** 0.5, "mae_m": sums["abs"] / n, "rel_err": sums["rel"] / n}
 
 
 @dataclass
@@ -30,33 +53,17 @@ class RangeErrorSums:
 
     def update(self, pred_m: torch.Tensor, target_m: torch.Tensor, valid: torch.Tensor) -> None:
         """Add frames: ``pred_m``, ``target_m`` (B, H, W) or (B, 1, H, W) metres, ``valid`` bool, same shape."""
-        d = (pred_m.double() - target_m.double())[valid]
-        r = target_m.double()[valid]
-        self.sq += float((d * d).sum())
-        self.abs += float(d.abs().sum())
-        self.rel += float((d.abs() / (r + 1e-6)).sum())
-        self.pixels += int(valid.sum())
+        sums = range_error_sums(pred_m, target_m, valid)
+        self.sq += float(sums["sq"])
+        self.abs += float(sums["abs"])
+        self.rel += float(sums["rel"])
+        self.pixels += int(sums["pixels"])
         self.frames += int(pred_m.shape[0])
-
-    def as_tensor(self) -> torch.Tensor:
-        return torch.tensor([self.sq, self.abs, self.rel, self.pixels, self.frames], dtype=torch.float64)
-
-    @classmethod
-    def from_tensor(cls, t: torch.Tensor) -> "RangeErrorSums":
-        v = t.tolist()
-        return cls(v[0], v[1], v[2], int(v[3]), int(v[4]))
 
     def result(self) -> dict:
         """``rmse_m``, ``mae_m``, ``rel_err``, ``valid_pixels``, ``frames`` (NaN metrics when no pixel)."""
-        n = max(self.pixels, 1)
-        nan = float("nan")
-        return {"rmse_m": (self.sq / n) ** 0.5 if self.pixels else nan, "mae_m": self.abs / n if self.pixels else nan,
-                "rel_err": self.rel / n if self.pixels else nan, "valid_pixels": self.pixels, "frames": self.frames}
-
-
-def valid_mask(range_m: torch.Tensor, min_range_m: float, max_range_m: float) -> torch.Tensor:
-    """Pixels whose input range lies in [min_range_m, max_range_m] (bool, same shape)."""
-    return (range_m >= min_range_m) & (range_m <= max_range_m)
+        values = range_metrics({"sq": self.sq, "abs": self.abs, "rel": self.rel, "pixels": float(self.pixels)})
+        return {**values, "valid_pixels": self.pixels, "frames": self.frames}
 
 
 def downsample_baseline(range_m: torch.Tensor, factor: tuple[int, int], min_range_m: float,
@@ -65,8 +72,7 @@ def downsample_baseline(range_m: torch.Tensor, factor: tuple[int, int], min_rang
     by ``factor`` (rows, cols), upsample bilinearly back.
 
     Args:
-        range_m: (B, 1, H, W) metres; H, W need not divide by the factor (area pooling pads by edge
-            replication of the last partial block via ``adaptive`` sizes).
+        range_m: (B, 1, H, W) metres; H, W need not divide by the factor (adaptive average pooling).
 
     Returns:
         (B, 1, H, W) metres.

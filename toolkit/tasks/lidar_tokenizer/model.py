@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.models.cosmos_tokenizer import AutoencoderConfig, CosmosAutoencoder
+from .autoencoder import AutoencoderConfig, CosmosAutoencoder
 
 
 def fill_invalid_rowwise(x: torch.Tensor, valid: torch.Tensor, fallback: float) -> torch.Tensor:

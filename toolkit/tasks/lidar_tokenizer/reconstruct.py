@@ -1,4 +1,5 @@
-"""Autoencode LiDAR scans and write the reconstructions (the analogue of Cosmos' ``lidar_cli``).
+"""``python -m toolkit.reconstruct --task lidar_tokenizer``: autoencode LiDAR scans and write the
+reconstructions (the analogue of Cosmos' ``lidar_cli``).
 
 For every frame of the input (a shard ``.tar``, a ``.pcd.bin``, shards by pattern, or a nuScenes
 dataroot read through the devkit) it writes into ``--out``:
@@ -11,7 +12,7 @@ dataroot read through the devkit) it writes into ``--out``:
 
 and prints the metrics of each frame and of all frames pooled. Example::
 
-    python -m toolkit.reconstruct --enc runs/lidar_tokenizer/checkpoints/iter_000000600_enc.jit \\
+    python -m toolkit.reconstruct --task lidar_tokenizer --enc runs/lidar_tokenizer/checkpoints/iter_000000600_enc.jit \\
         --dec runs/lidar_tokenizer/checkpoints/iter_000000600_dec.jit \\
         --dataroot ../shared/data/nuscenes-real-1sample --out outputs/reconstructions
 """
@@ -19,21 +20,21 @@ and prints the metrics of each frame and of all frames pooled. Example::
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from toolkit.files import atomic_open, write_bytes
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m toolkit.reconstruct", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """This family's options of ``python -m toolkit.reconstruct`` (beside ``--task`` and ``--device``)."""
+    from toolkit.cli import add_model_arguments
+
     p.add_argument("--enc", help="encoder TorchScript file (iter_N_enc.jit)")
     p.add_argument("--dec", help="decoder TorchScript file (iter_N_dec.jit)")
-    p.add_argument("--run", help="run folder: use the newest checkpoint's enc/dec exports")
-    p.add_argument("--checkpoint", help="iter_N.pt instead of --enc/--dec (EMA weights)")
+    add_model_arguments(p, exports="enc/dec")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--sample", help="a shard .tar or a .pcd.bin file")
     src.add_argument("--shards", help="shards by brace pattern or glob")
@@ -43,14 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="tokenizer dtype (default float32, as the exports were traced)")
-    p.add_argument("--device", default="cpu")
-    return p
 
 
 def _save_png(path: Path, fig) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", dpi=110)
 
 
 def write_frame(out: Path, key: str, rm, recon: np.ndarray, lo: float, hi: float) -> dict:
@@ -61,26 +59,26 @@ def write_frame(out: Path, key: str, rm, recon: np.ndarray, lo: float, hi: float
     import matplotlib.pyplot as plt
 
     from toolkit.lidar.range_map import points_from_range
-    from toolkit.tasks.lidar_tokenizer.visuals import error_rgb, range_rgb
+
+    from .metrics import RangeErrorSums
+    from .visuals import error_rgb, range_rgb
 
     r = rm.range_m
     valid = (r >= lo) & (r <= hi)
     err = np.abs(recon - r)
+    frame_sums = RangeErrorSums()
+    frame_sums.update(torch.from_numpy(recon)[None], torch.from_numpy(r)[None], torch.from_numpy(valid)[None])
+    metrics = frame_sums.result()
     d = err[valid].astype(np.float64)
-    metrics = {"rmse_m": float(np.sqrt(np.mean(d ** 2))), "mae_m": float(d.mean()),
-               "rel_err": float(np.mean(d / (r[valid] + 1e-6))), "valid_pixels": int(valid.sum())}
 
     xyz = points_from_range(recon, rm.azimuth, rm.elevation)[valid]
     rows = np.nonzero(valid)[0]
     ring = (r.shape[0] - 1 - rows).astype(np.float32)  # row 0 is the highest ring
     inten = rm.intensity[valid]
     pts4 = np.concatenate([xyz, inten[:, None]], 1).astype(np.float32)
-    tmp = out / f"{key}.tmp.npy"
-    np.save(tmp, pts4)
-    os.replace(tmp, out / f"{key}.npy")
-    tmp = out / f"{key}.pcd.bin.tmp"
-    np.concatenate([pts4, ring[:, None]], 1).astype(np.float32).tofile(tmp)
-    os.replace(tmp, out / f"{key}.pcd.bin")
+    with atomic_open(out / f"{key}.npy") as f:
+        np.save(f, pts4)
+    write_bytes(out / f"{key}.pcd.bin", np.concatenate([pts4, ring[:, None]], 1).astype(np.float32).tobytes())
 
     rows_img = [range_rgb(r, valid, lo, hi), range_rgb(recon, valid, lo, hi), error_rgb(err, valid)]
     fig, axes = plt.subplots(3, 1, figsize=(12, 4.2))
@@ -105,42 +103,36 @@ def write_frame(out: Path, key: str, rm, recon: np.ndarray, lo: float, hi: float
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from toolkit.engine.checkpoint import CheckpointError
-    from toolkit.lidar.metrics import RangeErrorSums
-    from toolkit.tasks.lidar_tokenizer.inference import Tokenizer, iter_frames, latest_exports
+def run(args) -> dict:
+    """Reconstruct every frame, write the outputs, print per-frame and pooled metrics; returns the pooled ones.
+
+    Raises:
+        ValueError: if no frame was found (and the errors of :class:`~.inference.Tokenizer`).
+    """
+    from toolkit.engine.checkpoint import latest_exports
+
+    from .inference import Tokenizer, iter_frames
+    from .metrics import RangeErrorSums
 
     out = Path(args.out)
-    try:
-        if args.run:
-            args.enc, args.dec = latest_exports(args.run)
-        tok = Tokenizer(args.enc, args.dec, args.checkpoint, "ema", args.device, args.dtype)
-        frames = iter_frames(shards=args.shards, dataroot=args.dataroot, version=args.version, sample=args.sample,
-                             max_frames=args.max_frames)
-        out.mkdir(parents=True, exist_ok=True)
-        pooled = RangeErrorSums()
-        lo, hi = tok.min_range_m, tok.max_range_m
-        n = 0
-        for frame in frames:
-            recon, _ = tok.reconstruct(frame.range_map.range_m)
-            m = write_frame(out, frame.key, frame.range_map, recon, lo, hi)
-            rt = torch.from_numpy(frame.range_map.range_m)[None]
-            pooled.update(torch.from_numpy(recon)[None], rt, (rt >= lo) & (rt <= hi))
-            print(f"{frame.key}: RMSE {m['rmse_m']:.3f} m, MAE {m['mae_m']:.3f} m, rel {m['rel_err']:.4f} "
-                  f"({m['valid_pixels']} valid pixels)")
-            n += 1
-    except (ValueError, FileNotFoundError, CheckpointError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if n == 0:
-        print("error: no frames found", file=sys.stderr)
-        return 2
+    if args.run:
+        args.enc, args.dec = latest_exports(args.run, ("enc", "dec"))
+    tok = Tokenizer(args.enc, args.dec, args.checkpoint, args.weights, args.device, args.dtype)
+    frames = iter_frames(shards=args.shards, dataroot=args.dataroot, version=args.version, sample=args.sample,
+                         max_frames=args.max_frames)
+    out.mkdir(parents=True, exist_ok=True)
+    pooled = RangeErrorSums()
+    lo, hi = tok.min_range_m, tok.max_range_m
+    for frame in frames:
+        recon, _ = tok.reconstruct(frame.range_map.range_m)
+        m = write_frame(out, frame.key, frame.range_map, recon, lo, hi)
+        rt = torch.from_numpy(frame.range_map.range_m)[None]
+        pooled.update(torch.from_numpy(recon)[None], rt, (rt >= lo) & (rt <= hi))
+        print(f"{frame.key}: RMSE {m['rmse_m']:.3f} m, MAE {m['mae_m']:.3f} m, rel {m['rel_err']:.4f} "
+              f"({m['valid_pixels']} valid pixels)")
+    if pooled.frames == 0:
+        raise ValueError("no frames found")
     r = pooled.result()
-    print(f"all {n} frames: RMSE {r['rmse_m']:.3f} m, MAE {r['mae_m']:.3f} m, rel {r['rel_err']:.4f}; "
+    print(f"all {pooled.frames} frames: RMSE {r['rmse_m']:.3f} m, MAE {r['mae_m']:.3f} m, rel {r['rel_err']:.4f}; "
           f"outputs in {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return r

@@ -7,23 +7,26 @@ random circular roll); evaluation takes the whole sweep, zero-padded to ``ceil8(
 Loss: L1 between input and reconstruction in normalised units, over valid pixels (``masked_loss``)
 or all pixels (Cosmos forces an all-ones mask). Metrics: RMSE, MAE and relative error in metres
 over valid pixels, pooled over frames (``shared/notes/lidar-tokenizer.md`` section 4).
-Exports: ``enc`` (metres -> latent), ``dec`` (latent -> metres), ``ema`` (the EMA autoencoder,
-metres -> metres).
+Exports, all from the weights the engine exports (EMA by default): ``enc`` (metres -> latent),
+``dec`` (latent -> metres), ``ae`` (the whole autoencoder, metres -> metres).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from toolkit.lidar.shard_format import load_npy
-from toolkit.models.cosmos_tokenizer import PRESETS, AutoencoderConfig
-from toolkit.tasks.base import Task
+from .autoencoder import PRESETS, AutoencoderConfig
+from toolkit.tasks.base import EvalOutput, StepOutput, Task
 
+from .metrics import range_error_sums, range_metrics
 from .model import RangeAutoencoderExport, RangeCodec, RangeDecoder, RangeEncoder, RangeTokenizer
 from .visuals import range_images
 
@@ -141,32 +144,27 @@ class LidarTokenizerTask(Task):
         return {"range": self._pad_to_eval_width(self._range(sample))[None]}
 
     # --- training ---------------------------------------------------------------------------------
-    def losses(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    def losses(self, model: nn.Module, batch: dict) -> StepOutput:
         out = model(batch["range"])
         err = (out["recon"].float() - out["target"].float()).abs()
         if self.cfg.masked_loss:
             loss = (err * out["valid"]).sum() / out["valid"].sum().clamp(min=1.0)
         else:
             loss = err.mean()
-        return {"loss": loss}
+        return StepOutput({"loss": loss})
 
     # --- evaluation ---------------------------------------------------------------------------------
-    def metric_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    def evaluate_batch(self, model: nn.Module, batch: dict) -> EvalOutput:
         r = batch["range"]
         out = model(r)
         pred = model.codec.denormalize(out["recon"].float(), r.shape[-1])
-        valid = model.codec.valid(r)
-        d = (pred.double() - r.double())[valid]
-        tgt = r.double()[valid]
         err = (out["recon"].float() - out["target"].float()).abs()
-        return {"sq": (d * d).sum(), "abs": d.abs().sum(), "rel": (d.abs() / (tgt + 1e-6)).sum(),
-                "pixels": valid.sum().double(), "l1": (err * out["valid"]).sum().double(),
-                "l1_pixels": out["valid"].sum().double()}
+        sums = range_error_sums(pred, r, model.codec.valid(r))
+        sums.update({"l1": (err * out["valid"]).sum().double(), "l1_pixels": out["valid"].sum().double()})
+        return EvalOutput(sums=sums)
 
-    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        n = max(sums.get("pixels", 0.0), 1.0)
-        return {"rmse_m": math.sqrt(sums.get("sq", 0.0) / n), "mae_m": sums.get("abs", 0.0) / n,
-                "rel_err": sums.get("rel", 0.0) / n, "loss": sums.get("l1", 0.0) / max(sums.get("l1_pixels", 0.0), 1.0)}
+    def metrics(self, sums: dict[str, float], features: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {**range_metrics(sums), "loss": sums.get("l1", 0.0) / max(sums.get("l1_pixels", 0.0), 1.0)}
 
     def visuals(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         r = batch["range"][:1]
@@ -174,9 +172,27 @@ class LidarTokenizerTask(Task):
         return range_images(r[0, 0], pred[0, 0], model.codec.valid(r)[0, 0], self.cfg.min_range_m, self.cfg.max_range_m)
 
     # --- export ---------------------------------------------------------------------------------
-    def exports(self, model: nn.Module, ema_model: nn.Module | None) -> dict[str, nn.Module]:
-        return {"enc": RangeEncoder(model), "dec": RangeDecoder(model),
-                "ema": RangeAutoencoderExport(ema_model if ema_model is not None else model)}
+    def exports(self, model: nn.Module) -> dict[str, nn.Module]:
+        return {"enc": RangeEncoder(model), "dec": RangeDecoder(model), "ae": RangeAutoencoderExport(model)}
+
+    def export_inputs(self, batch: dict) -> dict[str, tuple[torch.Tensor, ...]]:
+        r = batch["range"]
+        c = self.cfg
+        shape = (r.shape[0], c.latent_channels, r.shape[2] * c.row_repeat // 8, math.ceil(r.shape[3] / 8))
+        latent = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        return {"enc": (r,), "dec": (latent,), "ae": (r,)}
 
     def info(self, model: nn.Module) -> dict[str, float]:
         return {"compression": self.cfg.compression(), "spatial_compression": 8.0}
+
+    @classmethod
+    def example(cls, workdir: Path, rng: np.random.Generator) -> tuple[dict, list[dict]]:
+        """An 8-channel tiny model and two random 32 x 96 range maps (30 % no-return pixels)."""
+        samples = []
+        for i in range(2):
+            r = rng.uniform(0.5, 90.0, (32, 96)).astype(np.float32)
+            r[rng.random(r.shape) < 0.3] = 0.0
+            buf = io.BytesIO()
+            np.save(buf, r)
+            samples.append({"__key__": f"example{i}", "range.npy": buf.getvalue()})
+        return {"channels": 8, "crop_width": 64, "map_cols": 96}, samples
