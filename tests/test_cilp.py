@@ -220,6 +220,7 @@ def test_staged_pipeline_keeps_frozen_parts_frozen_and_reports(cilp_data, tmp_pa
     acc = EventAccumulator(str(runs["cilp"] / "tb"), size_guidance={"images": 0})
     acc.Reload()
     assert "images/similarity" in acc.Tags()["images"] and "train/logit_scale" in acc.Tags()["scalars"]
+    assert {"val/i2l_recall@1", "val/l2i_recall@5", "val/retrieval_i2l"} <= set(acc.Tags()["scalars"])
     for run, exports in ((runs["cilp"], ("img_enc", "lidar_enc")), (runs["rgb2lidar"], ("classifier",)),
                          (runs["projector"], ("projector",)), (runs["late"], ("classifier", "rgb_enc", "lidar_enc"))):
         for suffix in exports:
@@ -233,3 +234,43 @@ def test_staged_pipeline_keeps_frozen_parts_frozen_and_reports(cilp_data, tmp_pa
                  "RGB → LiDAR Fine-Tuning"):
         assert f"| {name} |" in table
     assert table.count("\n|") == 6  # header, rule and five runs
+
+
+@pytest.mark.slow
+def test_whole_set_retrieval_is_gathered_over_ranks_and_matches_one_process(cilp_data, tmp_path):
+    """Two gloo ranks each embed part of the validation set; the evaluator gathers every rank's
+    embeddings, so recall@k is computed over all pairs, equal to a one-process evaluation of the same
+    checkpoint (``python -m toolkit.evaluate --task cilp``), and differs from the within-batch figure."""
+    _, shards, info = cilp_data
+    run = tmp_path / "ddp"
+    overrides = [f"data.train={shards / 'train-*.tar'}", f"data.val={shards / 'val-*.tar'}", "data.batch_size=4",
+                 "data.val_batch_size=2", "data.num_workers=0", "train.max_steps=2", "checkpoint.every=2",
+                 "eval.every=2", "eval.ema=false", "log.every=1", "log.image_every=0", "log.progress=false",
+                 "train.precision=fp32", "task.channels=[4,8,8,8]", "task.norm=none", "task.lidar_trunk_run=",
+                 f"run.dir={run}"]
+    res = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "toolkit.train", "-c",
+                   str(REPO / "configs" / "cilp" / "cilp.yaml"), *overrides], env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    logged = json.loads((run / "summary.json").read_text())["last_eval"]
+    n_val = info["splits"]["val"]["samples"]
+    assert logged["val/retrieval_pairs"] == n_val == 6  # every rank's pairs, not one rank's share
+
+    out = tmp_path / "eval.json"
+    res = run_cli(["-m", "toolkit.evaluate", "--task", "cilp", "--checkpoint", str(run / "checkpoints" / "iter_000000002.pt"),
+                   "--weights", "model", "--shards", str(shards / "val-*.tar"), "--json", str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    single = json.loads(out.read_text())["metrics"]
+    for key in ("i2l_recall@1", "i2l_recall@5", "l2i_recall@1", "l2i_recall@5", "retrieval_pairs"):
+        assert logged[f"val/{key}"] == pytest.approx(single[key]), key
+    assert single["i2l_recall@5"] >= single["i2l_recall@1"] and "retrieval_i2l" in single  # within-batch kept beside
+
+
+def test_recall_at_k_counts_the_partner_rank():
+    from toolkit.tasks.common.retrieval import partner_ranks, recall_at_k
+
+    query = torch.eye(4)
+    gallery = torch.eye(4)[[0, 2, 1, 3]]  # pairs 1 and 2 swapped: their partners rank second
+    assert partner_ranks(query, gallery).tolist() == [0, 1, 1, 0]
+    assert recall_at_k(query, gallery, (1, 2)) == {1: 50.0, 2: 100.0}
+    with pytest.raises(ValueError, match="must both be"):
+        partner_ranks(query, gallery[:3])

@@ -183,7 +183,8 @@ class LidarTokenizerTask(Task):
         return {"enc": (r,), "dec": (latent,), "ae": (r,)}
 
     def info(self, model: nn.Module) -> dict[str, float]:
-        return {"compression": self.cfg.compression(), "spatial_compression": 8.0}
+        return {"compression": self.cfg.compression(),
+                "spatial_compression": float(self.cfg.autoencoder_config().spatial_compression)}
 
     @classmethod
     def example(cls, workdir: Path, rng: np.random.Generator) -> tuple[dict, list[dict]]:
