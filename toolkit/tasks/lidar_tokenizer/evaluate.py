@@ -27,20 +27,12 @@ import torch
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """This family's options of ``python -m toolkit.evaluate`` (beside ``--task``, ``--device``, ``--json``)."""
-    from toolkit.cli import add_model_arguments
+    from .inference import add_tokenizer_arguments
 
-    p.add_argument("--enc", help="encoder TorchScript file (iter_N_enc.jit)")
-    p.add_argument("--dec", help="decoder TorchScript file (iter_N_dec.jit)")
-    add_model_arguments(p, exports="enc/dec")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shards", help="range-map shards (brace pattern or glob)")
-    src.add_argument("--dataroot", help="nuScenes dataroot (read through nuscenes-devkit)")
-    p.add_argument("--version", default="v1.0-mini", help="nuScenes table version (default v1.0-mini)")
-    p.add_argument("--max-frames", type=int, default=0, help="evaluate at most this many frames (0 = all)")
+    add_tokenizer_arguments(p, with_sample=False, max_frames=0)
     p.add_argument("--min-range", type=float, default=None, help="valid interval lower bound, m (default: model's)")
     p.add_argument("--max-range", type=float, default=None, help="valid interval upper bound, m (default: model's)")
     p.add_argument("--baseline", action="store_true", help="also score the downsample/bilinear baseline")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
 
 def evaluate_lidar_tokenizer(args) -> dict:

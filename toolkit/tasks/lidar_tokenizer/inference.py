@@ -25,6 +25,27 @@ from .model import RangeDecoder, RangeEncoder
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def add_tokenizer_arguments(p, with_sample: bool, max_frames: int) -> None:
+    """Options shared by the family's ``evaluate`` and ``reconstruct``: the tokenizer (``--enc``/``--dec``,
+    ``--run``, ``--checkpoint``, ``--weights``, ``--dtype``) and exactly one input (``--shards``,
+    ``--dataroot`` [+ ``--version``], or with ``with_sample`` a single ``--sample``), ``--max-frames``."""
+    from toolkit.cli import add_model_arguments
+
+    p.add_argument("--enc", help="encoder TorchScript file (iter_N_enc.jit)")
+    p.add_argument("--dec", help="decoder TorchScript file (iter_N_dec.jit)")
+    add_model_arguments(p, exports="enc/dec")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                   help="tokenizer dtype (default float32, as the exports were traced)")
+    src = p.add_mutually_exclusive_group(required=True)
+    if with_sample:
+        src.add_argument("--sample", help="a shard .tar or a .pcd.bin file")
+    src.add_argument("--shards", help="range-map shards (brace pattern or glob)")
+    src.add_argument("--dataroot", help="nuScenes dataroot (read through nuscenes-devkit)")
+    p.add_argument("--version", default="v1.0-mini", help="nuScenes table version (default v1.0-mini)")
+    p.add_argument("--max-frames", type=int, default=max_frames,
+                   help=f"at most this many frames (default {max_frames or 'all'}; 0 = all)")
+
+
 @dataclass
 class Frame:
     """One scan: ``key`` (unique name), the range map and its metadata."""

@@ -30,20 +30,10 @@ from toolkit.files import atomic_open, write_bytes
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """This family's options of ``python -m toolkit.reconstruct`` (beside ``--task`` and ``--device``)."""
-    from toolkit.cli import add_model_arguments
+    from .inference import add_tokenizer_arguments
 
-    p.add_argument("--enc", help="encoder TorchScript file (iter_N_enc.jit)")
-    p.add_argument("--dec", help="decoder TorchScript file (iter_N_dec.jit)")
-    add_model_arguments(p, exports="enc/dec")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--sample", help="a shard .tar or a .pcd.bin file")
-    src.add_argument("--shards", help="shards by brace pattern or glob")
-    src.add_argument("--dataroot", help="nuScenes dataroot")
-    p.add_argument("--version", default="v1.0-mini", help="nuScenes table version (default v1.0-mini)")
-    p.add_argument("--max-frames", type=int, default=20, help="at most this many frames (default 20, 0 = all)")
+    add_tokenizer_arguments(p, with_sample=True, max_frames=20)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="tokenizer dtype (default float32, as the exports were traced)")
 
 
 def _save_png(path: Path, fig) -> None:
