@@ -172,3 +172,19 @@ def test_gradient_accumulation_matches_the_large_batch(lidar_shards, tmp_path):
     assert logged[0]["train/grad_norm"] == pytest.approx(logged[1]["train/grad_norm"], rel=1e-4)
     for key in states[0]:  # lr 2e-3: elements may differ only where float noise flips Adam's first step
         assert torch.allclose(states[0][key], states[1][key], atol=5e-4), key
+
+
+def test_resume_reads_the_saved_data_position(lidar_shards, tmp_path, trained_run, capfd):
+    """The stream is fast-forwarded by the position stored in the checkpoint, not one recomputed from the
+    config: a position saved with another batch size cannot be replayed, so the stream is reseeded, said so."""
+    ref_run, _ = trained_run
+    run = tmp_path / "changed"
+    (run / "checkpoints").mkdir(parents=True)
+    for f in (ref_run / "checkpoints").glob("iter_000000003*"):
+        (run / "checkpoints" / f.name).write_bytes(f.read_bytes())
+    saved = torch.load(run / "checkpoints" / "iter_000000003.pt", weights_only=True)["data"]
+    assert saved == {"batches_per_rank": 3, "batch_size": 4, "num_workers": 0}
+    summary = Trainer(load_config(CONFIG, tiny_overrides(lidar_shards, run, **{"data.batch_size": 2}))).fit()
+    err = capfd.readouterr().err
+    assert summary["step"] == 6 and "cannot be replayed: the stream is reseeded" in err
+    assert "fast-forwarding" not in err
