@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -220,7 +221,7 @@ class Trainer:
             values["train/loss_scale"] = float(self.accelerator.scaler.get_scale())
         self.logger.scalars(self.step, values)
         self.logger.line(self.step, values)
-        if values["train/loss"] != values["train/loss"] or abs(values["train/loss"]) == float("inf"):
+        if not math.isfinite(values["train/loss"]):
             self.logger.print("warning: the training loss is not finite")
 
     def request_stop(self, code: int = STOP_EXIT) -> None:
