@@ -86,7 +86,7 @@ class CILPTask(Task):
         n = img.shape[0]
         logits = scale * img @ lidar.T
         target = torch.arange(n, device=img.device)
-        loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+        loss = clip_loss(img, lidar, scale, gather=False)
         sums = {"loss_sum": loss.double() * n, "count": torch.tensor(float(n)),
                 "i2l_correct": (logits.argmax(1) == target).sum().double(),
                 "l2i_correct": (logits.argmax(0) == target).sum().double()}

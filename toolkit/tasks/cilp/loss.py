@@ -25,18 +25,20 @@ def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(torch.distributed.nn.functional.all_gather(x), dim=0)
 
 
-def clip_loss(img: torch.Tensor, lidar: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def clip_loss(img: torch.Tensor, lidar: torch.Tensor, logit_scale: torch.Tensor, gather: bool = True) -> torch.Tensor:
     """Symmetric InfoNCE over the global batch.
 
     Args:
         img, lidar: (n, D) L2-normalised embeddings of this rank's pairs (row i of each is a pair).
         logit_scale: scalar, already exponentiated (e.g. 1 / 0.07 at init).
+        gather: under ``torch.distributed``, contrast against every rank's pairs (training); False: this
+            batch alone, no collective (evaluation, where ranks run different numbers of batches).
 
     Returns:
         Scalar loss; under ``torch.distributed`` the local part of the global loss (see module docstring).
     """
     n = img.shape[0]
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         rank = dist.get_rank()
         all_img, all_lidar = _gather_with_grad(img), _gather_with_grad(lidar)
         logits_img = logit_scale * img @ all_lidar.T
