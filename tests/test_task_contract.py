@@ -98,3 +98,30 @@ def test_task_honours_the_engine_contract(name, tmp_path):
     res = run_cli([sys.executable, "-c", script], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"ok {sorted(exports)}" in res.stdout
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_task_trains_evaluates_and_exports_in_the_engine(name, tmp_path):
+    """The same example, written as a real tar shard, through the real Trainer: 2 steps, validation of
+    the model and its EMA, a checkpoint with the task's exports."""
+    import webdataset as wds
+
+    from toolkit.engine.trainer import Trainer
+
+    cls = get_task_class(name)
+    task_overrides, samples = cls.example(tmp_path, np.random.default_rng(0))
+    shard = tmp_path / "example-000000.tar"
+    with wds.TarWriter(str(shard)) as sink:
+        for sample in samples:
+            sink.write(sample)
+    engine = {"data.train": shard, "data.val": shard, "data.batch_size": 2, "data.num_workers": 0,
+              "data.shuffle_buffer": 1, "train.max_steps": 2, "checkpoint.every": 2, "eval.every": 2,
+              "log.every": 1, "log.image_every": 2, "log.progress": False, "optim.warmup_steps": 1,
+              "run.dir": tmp_path / "run"}
+    cfg = load_config(None, _overrides(name, task_overrides) + [f"{k}={v}" for k, v in engine.items()])
+    summary = Trainer(cfg).fit()
+    assert summary["status"] == "finished" and summary["step"] == 2
+    assert summary["last_eval"] and all(k.startswith(("val/", "val_ema/")) for k in summary["last_eval"])
+    task = build_task(cfg.task)
+    for suffix in task.exports(task.build_model()):
+        assert (tmp_path / "run" / "checkpoints" / f"iter_000000002_{suffix}.jit").exists(), suffix
