@@ -27,7 +27,7 @@ setup: $(VENV)/.installed
 
 # synthetic nuScenes dataroot (ray-cast HDL-32E streets) -> range-map shards (10% of scenes held out)
 $(DEMO_ROOT)/SYNTHETIC.json: | $(VENV)/.installed
-	$(PY) -m shards synthetic-nuscenes --out $(DEMO_ROOT) --scenes 32 --samples 10 --seed 0 --workers 2 --overwrite
+	$(PY) -m shards synthetic-nuscenes --out $(DEMO_ROOT) --scenes 32 --samples 10 --seed 0 --workers 2 --overwrite --no-cameras
 
 $(DEMO_SHARDS)/info.json: $(DEMO_ROOT)/SYNTHETIC.json
 	$(PY) -m shards nuscenes-lidar --dataroot $(DEMO_ROOT) --version v1.0-mini --out $(DEMO_SHARDS) \

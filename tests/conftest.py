@@ -29,7 +29,7 @@ def synthetic_dataroot(tmp_path_factory) -> Path:
     from shards.synthetic.nuscenes_dataroot import generate_dataroot
 
     return generate_dataroot(tmp_path_factory.mktemp("synth") / "dataroot", scenes=3, samples_per_scene=4, seed=7,
-                             workers=1, progress=False)
+                             workers=1, progress=False, cameras=False)  # LiDAR tests: no camera renders
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import numpy as np
 from toolkit.lidar.sensors import HDL32E, SpinningLidar
 
 from .raycast import box_normals, ray_boxes, ray_cylinders, ray_ground, ray_spheres
-from .world import MATERIAL_IDS, MATERIALS, Street, _primitives
+from .world import MATERIAL_IDS, MATERIALS, Street, _primitives, ground_material, window_glass
 
 # per material id: (intensity mean, intensity std, dropout probability, foliage penetration depth m)
 _MAT = np.array(list(MATERIALS.values()), dtype=np.float64)
@@ -165,21 +165,14 @@ def render_sweep(street: Street, t_end: float, rng: np.random.Generator, sensor:
     obj = np.full(n, -1)
     normal = np.tile([0.0, 0.0, 1.0], (n, 1))
     on_ground = hit & (kind == 0)
-    lateral = np.abs(q[:, 0])
-    grass = on_ground & (lateral > street.road_half_width + street.sidewalk_width)
-    mat[grass] = MATERIAL_IDS["grass"]
-    marking = on_ground & (lateral < 0.08) & (np.mod(q[:, 1], street.marking_period) < 3.0)
-    marking |= on_ground & (np.abs(lateral - (street.road_half_width - 0.3)) < 0.06)
-    mat[marking] = MATERIAL_IDS["marking"]
+    mat[on_ground] = ground_material(street, q[on_ground, 0], q[on_ground, 1])
     m = hit & (kind == 1)
     if m.any():
         bi = bsel[i_b[m]]
         mat[m] = bmat[bi]
         obj[m] = bobj[bi]
         normal[m] = box_normals(q[m], boxes[bi])
-        win = bwin[bi]
-        glass = win & (np.mod(q[m, 2], 3.2) > 1.0) & (np.mod(q[m, 2], 3.2) < 2.4) & (
-            np.mod(q[m, 1] + q[m, 0], 3.0) < 1.8)
+        glass = bwin[bi] & window_glass(q[m, 0], q[m, 1], q[m, 2])
         mm = mat[m]
         mm[glass] = MATERIAL_IDS["glass"]
         mat[m] = mm

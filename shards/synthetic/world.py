@@ -11,8 +11,10 @@ Every surface names a material (``MATERIALS``); its entry holds the surface's Li
 dropout, foliage penetration), looked up by the sensor models through ``MATERIAL_IDS``. The rig facts
 of the ego vehicle (where LIDAR_TOP is mounted, as in nuScenes) are here too, because the street is
 generated around the sensor height. Sensors live in their own modules and import this one, never the
-reverse: :mod:`shards.synthetic.lidar_sweep` renders HDL-32E sweeps of a street (cameras will render the
-same world).
+reverse: :mod:`shards.synthetic.lidar_sweep` renders HDL-32E sweeps of a street and
+:mod:`shards.synthetic.camera_render` pinhole images of the same world; :func:`ground_material` and
+:func:`window_glass` are the lane-marking and window rules both apply (the LiDAR's copy is inline in
+``render_sweep``).
 
 Everything is deterministic given the ``numpy.random.Generator`` passed in.
 """
@@ -43,6 +45,9 @@ MATERIALS: dict[str, tuple[float, float, float, float]] = {
     "roof": (25, 10, 0.0, 0.0),
 }
 MATERIAL_IDS = {name: i for i, name in enumerate(MATERIALS)}
+
+PARKING_STRIP_M = 2.0  # width of a kerbside parking strip
+MIN_LANE_M = 2.75      # narrowest travel lane a parking strip may leave
 
 # nuScenes lidar -> ego mounting (LIDAR_TOP): 0.94 m ahead of the rear axle, 1.84 m up, yaw -90 deg
 LIDAR_IN_EGO_T = np.array([0.943713, 0.0, 1.84023])
@@ -95,6 +100,8 @@ class Street:
     ego_roll: float = 0.0
     leafy: float = 0.5
     lidar_height: float = 1.84
+    lane_offsets: dict = field(default_factory=dict)  # side (-1.0 / 1.0) -> |x| of that side's lane centre, m
+    parking: dict = field(default_factory=dict)       # side -> has a parking strip along its kerb
 
 
 def _box(cx, cy, cz_bottom, length, width, height, yaw=0.0):
@@ -146,19 +153,26 @@ def build_street(rng: np.random.Generator, route_length: float, margin: float = 
     """Generate one street long enough for the ego to drive ``route_length`` m with ``margin`` m of
     scenery before and after (the sensor sees 105 m).
 
+    The carriageway (half width ``road_half_width``, centre line at x = 0) has one travel lane per side and,
+    on each side where it leaves a travel lane of at least ``MIN_LANE_M``, usually a ``PARKING_STRIP_M``
+    parking strip along the kerb; travel lanes are centred between the centre line and the strip
+    (``Street.lane_offsets``).
+
     Returns:
         Street in the road frame; the ego starts at y = 0 in lane x = ``lane_x``.
     """
-    half = rng.uniform(3.5, 8.0)
-    side = rng.choice([-1.0, 1.0])  # which side of the road the ego drives on
-    lane_x = side * half / 2 + rng.normal(0, 0.2)
+    half = rng.uniform(3.5, 8.5)
+    side = float(rng.choice([-1.0, 1.0]))  # which side of the road the ego drives on
+    parking = {s: bool(rng.random() < 0.85) and half - PARKING_STRIP_M >= MIN_LANE_M for s in (-1.0, 1.0)}
+    offsets = {s: (half - PARKING_STRIP_M * parking[s]) / 2 for s in (-1.0, 1.0)}
+    lane_x = side * offsets[side] + rng.normal(0, 0.2)
     speed = 0.0 if rng.random() < 0.12 else rng.uniform(3.0, 13.0)
     street = Street(road_half_width=half, lane_x=lane_x, ego_speed=speed,
                     ego_heading=rng.normal(0, np.radians(1.5)), length=route_length,
                     kerb_height=rng.uniform(0.1, 0.22), sidewalk_width=rng.uniform(1.5, 5.0),
                     marking_period=rng.uniform(6, 12), ego_pitch=rng.normal(0, np.radians(0.7)),
                     ego_roll=rng.normal(0, np.radians(0.5)), leafy=rng.uniform(0.2, 1.0),
-                    lidar_height=LIDAR_IN_EGO_T[2] + rng.normal(0, 0.03))
+                    lidar_height=LIDAR_IN_EGO_T[2] + rng.normal(0, 0.03), lane_offsets=offsets, parking=parking)
     y0, y1 = -margin, route_length + margin
 
     # cross streets: gaps in sidewalks and buildings
@@ -182,10 +196,11 @@ def build_street(rng: np.random.Generator, route_length: float, margin: float = 
                                         "concrete", False))
         _frontage(rng, street, s, y0, y1, free)
         _street_furniture(rng, street, s, y0, y1, free)
-    _parked_vehicles(rng, street, y0, y1, free)
+    works = _construction(rng, street, route_length)
+    _parked_vehicles(rng, street, y0, y1, lambda s, ya, yb: free(ya, yb) and not (
+        works and works[0] == s and yb > works[1] - 1 and ya < works[2] + 1))
     _traffic(rng, street, side, y0, y1)
     _pedestrians(rng, street, y0, y1)
-    _construction(rng, street, route_length)
     return street
 
 
@@ -267,37 +282,54 @@ def _street_furniture(rng, street: Street, s: float, y0: float, y1: float, free)
 
 
 def _parked_vehicles(rng, street: Street, y0: float, y1: float, free) -> None:
+    """Cars, vans and trucks parked along the kerb in each side's parking strip (none where the side has
+    no strip), mostly bumper to bumper with a few longer gaps; a vehicle is left out where it would reach
+    into a travel lane (its inner edge within 1.35 m, half the widest vehicle's width, of the lane centre)."""
     half = street.road_half_width
     for s in (-1.0, 1.0):
-        if rng.random() < 0.25:
+        if not street.parking[s]:
             continue
-        y = y0 + rng.uniform(0, 15)
+        y = y0 + rng.uniform(0, 8)
         while y < y1:
             cat = rng.choice(["vehicle.car", "vehicle.car", "vehicle.car", "van", "vehicle.truck"])
             v = _vehicle(rng, cat, 0.0, 0.0, 0.0, (0, 0), "vehicle.parked")
-            if free(y - 2, y + v.size[0] + 2):
-                x = s * (half - v.size[1] / 2 - rng.uniform(0.1, 0.5))
+            if free(s, y - 1, y + v.size[0] + 1):
+                x = s * (half - v.size[1] / 2 - rng.uniform(0.1, 0.4))
                 v.centre[:2] = (x, y + v.size[0] / 2)
                 v.yaw = np.pi / 2 + rng.normal(0, 0.04) + (np.pi if rng.random() < 0.5 else 0.0)
-                if abs(v.centre[0] - street.lane_x) > 1.6 + v.size[1] / 2:
+                if abs(x) - v.size[1] / 2 >= street.lane_offsets[s] + 1.35:
                     street.objects.append(v)
-            y += v.size[0] + rng.uniform(0.8, 25 if rng.random() < 0.7 else 60)
+            gap = rng.choice(3, p=[0.65, 0.25, 0.1])
+            y += v.size[0] + rng.uniform(*[(0.8, 5.0), (5.0, 15.0), (15.0, 40.0)][gap])
 
 
 def _traffic(rng, street: Street, side: float, y0: float, y1: float) -> None:
-    """Moving vehicles in the other lane(s) and possibly a lead vehicle in the ego lane."""
-    half, speed = street.road_half_width, street.ego_speed
-    for _ in range(rng.integers(0, 10)):
-        other_x = -side * half / 2 + rng.normal(0, 0.2)
-        direction = -side if rng.random() < 0.8 else side
-        spd = rng.uniform(3, 14)
-        cat = rng.choice(["vehicle.car", "vehicle.car", "van", "vehicle.truck", "vehicle.bus.rigid"])
-        street.objects.append(_vehicle(rng, cat, other_x, rng.uniform(y0, y1),
-                                       np.pi / 2 if direction * side > 0 else -np.pi / 2,
-                                       (0.0, direction * side * spd), "vehicle.moving"))
-    if rng.random() < 0.6 and speed > 0:
-        street.objects.append(_vehicle(rng, rng.choice(["vehicle.car", "van", "vehicle.truck"]), street.lane_x,
-                                       rng.uniform(9, 35), np.pi / 2, (0.0, speed), "vehicle.moving"))
+    """Moving vehicles: a platoon in the other lane (one direction and speed for the whole lane, so
+    vehicles keep their gaps; long enough to fill the street for the whole drive) and possibly a lead
+    vehicle ahead of and a follower behind the ego in its own lane, at the ego's speed."""
+    speed = street.ego_speed
+    other_x = -side * street.lane_offsets[-side]
+    direction = -side if rng.random() < 0.85 else side
+    lane_speed = rng.uniform(3, 14)
+    reach = lane_speed * street.length / 13.0 + 20.0  # how far the platoon moves during the drive (13 m/s route)
+    y = y0 - reach + rng.uniform(0, 30)
+    while y < y1 + reach:
+        cat = rng.choice(["vehicle.car", "vehicle.car", "vehicle.car", "van", "vehicle.truck", "vehicle.bus.rigid"])
+        v = _vehicle(rng, cat, other_x + rng.normal(0, 0.15), 0.0,
+                     np.pi / 2 if direction * side > 0 else -np.pi / 2, (0.0, direction * side * lane_speed),
+                     "vehicle.moving")
+        v.centre[1] = y + v.size[0] / 2
+        street.objects.append(v)
+        y += v.size[0] + rng.uniform(4, 60)
+    if speed > 0:
+        if rng.random() < 0.6:
+            street.objects.append(_vehicle(rng, rng.choice(["vehicle.car", "van", "vehicle.truck"]), street.lane_x,
+                                           rng.uniform(9, 35), np.pi / 2, (0.0, speed), "vehicle.moving"))
+        if rng.random() < 0.5:
+            v = _vehicle(rng, rng.choice(["vehicle.car", "vehicle.car", "van"]), street.lane_x, 0.0, np.pi / 2,
+                         (0.0, speed), "vehicle.moving")
+            v.centre[1] = -1.2 - rng.uniform(5, 30) - v.size[0] / 2  # the ego's rear bumper is ~1 m behind y = 0
+            street.objects.append(v)
 
 
 def _pedestrians(rng, street: Street, y0: float, y1: float) -> None:
@@ -311,14 +343,19 @@ def _pedestrians(rng, street: Street, y0: float, y1: float) -> None:
         street.objects.append(ped)
 
 
-def _construction(rng, street: Street, route_length: float) -> None:
-    """Sometimes a construction zone: barriers and cones along one kerb."""
+def _construction(rng, street: Street, route_length: float) -> tuple | None:
+    """Sometimes a construction zone: barriers and cones along one kerb.
+
+    Returns:
+        ``(side, y_start, y_end)`` of the zone (m, road frame) or None.
+    """
     if rng.random() >= 0.3:
-        return
+        return None
     half = street.road_half_width
-    s = rng.choice([-1.0, 1.0])
+    s = float(rng.choice([-1.0, 1.0]))
     ys = rng.uniform(0, max(route_length, 30))
-    for k in range(rng.integers(3, 12)):
+    n = int(rng.integers(3, 12))
+    for k in range(n):
         if rng.random() < 0.5:
             street.objects.append(StreetObject(
                 "movable_object.barrier", np.array([s * (half - 0.4), ys + k * 2.1, 0.5]),
@@ -329,6 +366,7 @@ def _construction(rng, street: Street, route_length: float) -> None:
                 "movable_object.trafficcone", np.array([s * (half - 0.4), ys + k * 2.1, 0.35]),
                 np.array([0.35, 0.35, 0.7]), 0.0, np.zeros(2), "",
                 [("cyl", (0.0, 0.0, 0.0, 0.15, 0.7), "cone")]))
+    return s, ys - 1.0, ys + (n - 1) * 2.1 + 1.0
 
 
 def _tree(rng, street: Street, x: float, y: float) -> None:
@@ -382,3 +420,28 @@ def _primitives(street: Street, t: float):
     return (as2(boxes, 7), np.array(bmat, int), np.array(bobj, int), np.array(bwin, bool),
             as2(cyls, 5), np.array(cmat, int), np.array(cobj, int),
             as2(sphs, 4), np.array(smat, int))
+
+
+def ground_material(street: Street, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Material id (``MATERIAL_IDS``) of ground points (z = 0) at road-frame ``x, y`` (m), the rule the LiDAR
+    applies (:func:`shards.synthetic.lidar_sweep.render_sweep`): grass beyond the sidewalks, a dashed centre
+    line (16 cm wide, 3 m dashes every ``marking_period``), solid 12 cm edge lines 0.3 m inside the kerbs,
+    asphalt elsewhere.
+
+    Returns:
+        (N,) int64 material ids.
+    """
+    lateral = np.abs(x)
+    mat = np.full(np.shape(x), MATERIAL_IDS["asphalt"], dtype=np.int64)
+    mat[lateral > street.road_half_width + street.sidewalk_width] = MATERIAL_IDS["grass"]
+    marking = (lateral < 0.08) & (np.mod(y, street.marking_period) < 3.0)
+    marking |= np.abs(lateral - (street.road_half_width - 0.3)) < 0.06
+    mat[marking] = MATERIAL_IDS["marking"]
+    return mat
+
+
+def window_glass(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Whether points on a windowed building wall (road frame, m) are window glass, the LiDAR's rule:
+    1.4 m tall windows every 3.2 m floor, 1.8 m wide every 3 m along the facade. Returns (N,) bool."""
+    zz = np.mod(z, 3.2)
+    return (zz > 1.0) & (zz < 2.4) & (np.mod(y + x, 3.0) < 1.8)
