@@ -3,6 +3,7 @@
 Commands:
   synthetic-nuscenes   write a synthetic nuScenes dataroot (ray-cast HDL-32E streets, v1.0 tables)
   nuscenes-lidar       nuScenes dataroot (real or synthetic) -> LiDAR range-map WebDataset shards
+  nuscenes             nuScenes dataroot -> multi-sensor shards (six cameras, LiDAR, boxes per keyframe)
   synthetic-cilp       write cubes/spheres RGB + LiDAR pairs in the CILP folder layout
   cilp                 CILP folder layout (synthetic or the real download) -> RGB + LiDAR shards
 """
@@ -15,11 +16,15 @@ import sys
 
 
 def _synthetic_nuscenes(args) -> int:
+    from shards.synthetic.camera_rig import parse_image_size
     from shards.synthetic.nuscenes_dataroot import generate_dataroot
 
+    image_size = parse_image_size(args.image_size)
     out = generate_dataroot(args.out, scenes=args.scenes, samples_per_scene=args.samples, seed=args.seed,
-                            version=args.version, workers=args.workers, overwrite=args.overwrite)
-    print(f"synthetic nuScenes dataroot: {out} ({args.scenes} scenes x {args.samples} samples, "
+                            version=args.version, workers=args.workers, overwrite=args.overwrite,
+                            cameras=args.cameras, image_size=image_size)
+    sensors = f"LIDAR_TOP + 6 cameras {image_size[0]}x{image_size[1]}" if args.cameras else "LIDAR_TOP only"
+    print(f"synthetic nuScenes dataroot: {out} ({args.scenes} scenes x {args.samples} samples, {sensors}, "
           f"version {args.version}, seed {args.seed})")
     return 0
 
@@ -32,6 +37,34 @@ def _nuscenes_lidar(args) -> int:
                                        maxsize=args.maxsize, min_range_m=args.min_range, max_range_m=args.max_range)
     for name, s in info["splits"].items():
         print(f"{name}: {s['samples']} scans in {len(s['shards'])} shards  ->  {s['pattern']}")
+    print(f"wrote {os.path.join(args.out, 'info.json')}")
+    return 0
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """argparse type of ``WIDTHxHEIGHT``."""
+    from toolkit.camera.augment import parse_image_size
+
+    try:
+        return parse_image_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _nuscenes(args) -> int:
+    from shards.nuscenes_multisensor import build_nuscenes_multisensor_shards
+
+    splits = [s for s in args.split.split(",") if s] if args.split else None
+    info = build_nuscenes_multisensor_shards(args.dataroot, args.version, args.out, splits=splits,
+                                             val_fraction=args.val_fraction, seed=args.seed,
+                                             image_size=args.image_size, sweeps=args.sweeps,
+                                             min_range_m=args.min_range, jpeg_quality=args.jpeg_quality,
+                                             maxcount=args.maxcount, maxsize=args.maxsize)
+    for name, s in info["splits"].items():
+        print(f"{name}: {s['samples']} keyframes ({len(s['scenes'])} scenes) in {len(s['shards'])} shards  ->  "
+              f"{s['pattern']}")
+    for name in info["empty_splits"]:
+        print(f"{name}: none of its scenes is in this dataroot, no shards")
     print(f"wrote {os.path.join(args.out, 'info.json')}")
     return 0
 
@@ -63,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
     s = sub.add_parser("synthetic-nuscenes", help="write a synthetic nuScenes dataroot",
-                       description="Write a nuScenes-format dataroot (v1.0 tables + LIDAR_TOP .pcd.bin) of "
-                                   "ray-cast HDL-32E sweeps of procedural streets. Deterministic from --seed.")
+                       description="Write a nuScenes-format dataroot (v1.0 tables + LIDAR_TOP .pcd.bin + six "
+                                   "camera JPEGs) of ray-cast HDL-32E sweeps and pinhole images of procedural "
+                                   "streets. Deterministic from --seed.")
     s.add_argument("--out", required=True, help="dataroot folder to create")
     s.add_argument("--scenes", type=int, default=8, help="number of scenes (default 8)")
     s.add_argument("--samples", type=int, default=20, help="keyframes per scene, 2 Hz (default 20)")
@@ -73,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
                    help="processes rendering scenes (output does not depend on it)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    s.add_argument("--cameras", action=argparse.BooleanOptionalAction, default=True,
+                   help="render the six nuScenes cameras (default on; --no-cameras: LIDAR_TOP only)")
+    s.add_argument("--image-size", default="800x450", metavar="WxH",
+                   help="camera image size in px, intrinsics scaled to it (default 800x450)")
     s.set_defaults(func=_synthetic_nuscenes)
 
     n = sub.add_parser("nuscenes-lidar", help="nuScenes dataroot -> LiDAR range-map shards",
@@ -90,6 +128,45 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--min-range", type=float, default=1.0, help="validity mask lower bound, m (default 1)")
     n.add_argument("--max-range", type=float, default=200.0, help="validity mask upper bound, m (default 200)")
     n.set_defaults(func=_nuscenes_lidar)
+
+    m = sub.add_parser("nuscenes", help="nuScenes dataroot -> multi-sensor shards (cameras, LiDAR, boxes)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="One WebDataset sample per keyframe, read through nuscenes-devkit:\n"
+                                   "  - the six camera JPEGs (CAM_FRONT_LEFT, CAM_FRONT, CAM_FRONT_RIGHT,\n"
+                                   "    CAM_BACK_LEFT, CAM_BACK, CAM_BACK_RIGHT), their intrinsics and camera->ego\n"
+                                   "    transforms (the calibrated one, and the exact camera->keyframe-ego one\n"
+                                   "    with the ego motion)\n"
+                                   "  - LIDAR_TOP points (x, y, z, intensity, ring[, time lag]) in the keyframe\n"
+                                   "    ego frame\n"
+                                   "  - the annotated boxes in the keyframe ego frame, the ego pose, tokens and\n"
+                                   "    timestamps\n"
+                                   "Format: toolkit/data/multisensor.py. Written atomically (.tar.tmp -> .tar).",
+                       epilog="examples:\n"
+                              "  python -m shards nuscenes --dataroot /data/sets/nuscenes --version v1.0-trainval \\\n"
+                              "      --split train,val --out data/shards/nuscenes-cams --image-size 800x450\n"
+                              "  python -m shards nuscenes --dataroot data/synthetic-nuscenes --version v1.0-mini \\\n"
+                              "      --val-fraction 0.1 --out data/shards/synthetic-cams")
+    m.add_argument("--dataroot", required=True, help="nuScenes dataroot (real or synthetic)")
+    m.add_argument("--version", default="v1.0-mini", help="table version (default v1.0-mini)")
+    m.add_argument("--out", required=True, help="output folder for <split>-*.tar and info.json")
+    which = m.add_mutually_exclusive_group()
+    which.add_argument("--split", default=None,
+                       help="official nuScenes split(s), comma-separated (train,val / mini_train,mini_val / ...): "
+                            "one shard set <split>-*.tar each")
+    which.add_argument("--val-fraction", type=float, default=0.0,
+                       help="fraction of scenes held out to val-*.tar, the rest to train-*.tar (synthetic data)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the held-out scene choice (default 0)")
+    m.add_argument("--image-size", type=_image_size, default=None, metavar="WxH",
+                   help="resize every image to WIDTHxHEIGHT at build time (intrinsics rescaled, JPEG re-encoded); "
+                        "default: the original files untouched")
+    m.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality after --image-size (default 90)")
+    m.add_argument("--sweeps", type=int, default=0,
+                   help="previous LiDAR sweeps added per keyframe (points get a time-lag column, s; default 0)")
+    m.add_argument("--min-range", type=float, default=1.0,
+                   help="drop points nearer than this to their sensor, m (ego roof, no-returns; default 1)")
+    m.add_argument("--maxcount", type=int, default=100, help="samples per shard at most (default 100)")
+    m.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard at most (default 1e9)")
+    m.set_defaults(func=_nuscenes)
 
     c = sub.add_parser("synthetic-cilp", help="write cubes/spheres RGB + LiDAR pairs in the CILP layout",
                        description="Ray-trace cubes and spheres on a ground plane: 64x64 RGBA PNG and 64x64 LiDAR "

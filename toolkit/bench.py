@@ -1,6 +1,7 @@
 """Benchmarks that print figures (ratios within one run; never timed tests).
 
 ``python -m toolkit.bench [loader|engine|all] --config CONFIG.yaml [key=value ...] [--json]``
+``python -m toolkit.bench cameras --shards 'data/shards/x/train-*.tar' [--image-size 400x224] [--json]``
 
 * ``loader``: samples/s of the engine's WebDataset training loader (resampled shards, shuffle
   buffer, the task's decode, batching, ``data.num_workers`` workers) against a bare single-process
@@ -10,6 +11,11 @@
   (data from shards, EMA, logging, stop-trigger checks; checkpoints and evaluation off) against a bare
   PyTorch loop (forward, backward, clip, AdamW step) with the same model, batch size and precision on
   batches already in memory. Ratio = engine / bare (1.0 = no overhead).
+* ``cameras``: samples/s of the training loader on multi-sensor shards (:mod:`toolkit.data.multisensor`:
+  six JPEGs decoded in the workers and resized with Simple-BEV's train-time jitter to ``--image-size``,
+  40000 points, BEV targets on the 200 x 200 grid) against two bare single-process loops over the same tar
+  members read with ``tarfile``: one decoding and resizing the same JPEGs with plain Pillow
+  (``Image.open().convert("RGB").resize()``, nothing else), one running the same decode as the loader.
 
 ``--json`` prints the figures as one JSON object.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import sys
@@ -73,6 +80,73 @@ def bench_loader(cfg, samples: int = 512) -> dict:
     return {"loader_samples_per_s": round(pipeline_rate, 1), "bare_tar_loop_samples_per_s": round(bare_rate, 1),
             "loader_vs_bare_ratio": round(pipeline_rate / bare_rate, 3), "loader_workers": cfg.data.num_workers,
             "loader_samples": n_batches * bs, "shards": len(urls)}
+
+
+def _tar_samples(urls: list[str], limit: int):
+    """Up to ``limit`` raw samples (dicts of member bytes) read from ``urls`` in order with ``tarfile``, cycling."""
+    done = 0
+    while True:
+        for url in urls:
+            with tarfile.open(url) as tar:
+                members: dict[str, dict] = {}
+                for member in tar:
+                    key, _, ext = member.name.partition(".")
+                    members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
+            for sample in members.values():
+                yield sample
+                done += 1
+                if done >= limit:
+                    return
+
+
+def bench_cameras(shards: str, samples: int = 48, workers: int = 2, batch_size: int = 4,
+                  image_size: tuple[int, int] = (400, 224), shuffle_buffer: int = 8) -> dict:
+    """Samples/s of the multi-camera training loader vs bare tar loops (see the module docstring).
+
+    Args:
+        shards: multi-sensor shard spec; image_size: decoded ``(width, height)``.
+    """
+    from PIL import Image
+
+    from toolkit.data.multisensor import SHARD_KEYS, MultiSensorConfig, MultiSensorDecoder, camera_key
+    from toolkit.data.pipeline import expand_shards, train_loader
+
+    urls = expand_shards(shards)
+    width, height = image_size
+    decode = MultiSensorDecoder(MultiSensorConfig(image_height=height, image_width=width, augment=True))
+    n_batches = max(2, samples // batch_size)
+    loader = train_loader(urls, decode, batch_size, seed=0, num_workers=workers, shuffle_buffer=shuffle_buffer,
+                          keys=SHARD_KEYS)
+    it = iter(loader)
+    for _ in range(2 * max(1, workers) + 1):  # start the workers and drain their prefetched batches
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        batch = next(it)
+    pipeline_s = time.perf_counter() - t0
+    shape = tuple(batch["images"].shape)
+    del it, loader
+    n = n_batches * batch_size
+    cams = [camera_key(c) for c in json.loads(next(_tar_samples(urls, 1))["json"])["cameras"]]
+
+    t0 = time.perf_counter()
+    for sample in _tar_samples(urls, n):
+        for cam in cams:
+            np.asarray(Image.open(io.BytesIO(sample[cam])).convert("RGB").resize((width, height), Image.BILINEAR))
+    pil_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for sample in _tar_samples(urls, n):
+        decode(sample, rng)
+    same_s = time.perf_counter() - t0
+    rate = n / pipeline_s
+    return {"cameras_loader_samples_per_s": round(rate, 2),
+            "cameras_bare_pil_samples_per_s": round(n / pil_s, 2),
+            "cameras_loader_vs_bare_pil_ratio": round(rate * pil_s / n, 3),
+            "cameras_bare_same_decode_samples_per_s": round(n / same_s, 2),
+            "cameras_loader_vs_bare_same_decode_ratio": round(rate * same_s / n, 3),
+            "cameras_batch_images_shape": list(shape), "cameras_loader_workers": workers,
+            "cameras_samples": n, "cameras_shards": len(urls)}
 
 
 def bench_engine(cfg, steps: int = 30, warmup: int = 5) -> dict:
@@ -145,16 +219,40 @@ def bench_engine(cfg, steps: int = 30, warmup: int = 5) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m toolkit.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", nargs="?", choices=["loader", "engine", "all"], default="all")
-    p.add_argument("--config", "-c", required=True, help="run config whose data/model/precision to benchmark")
+    p.add_argument("which", nargs="?", choices=["loader", "engine", "all", "cameras"], default="all",
+                   help="all = loader + engine")
+    p.add_argument("--config", "-c", help="run config whose data/model/precision to benchmark (loader, engine)")
+    p.add_argument("--shards", help="multi-sensor shard spec (cameras)")
+    p.add_argument("--image-size", default="400x224", metavar="WxH", help="decoded image size (cameras; default 400x224)")
+    p.add_argument("--workers", type=int, default=2, help="loader workers (cameras; default 2)")
+    p.add_argument("--batch-size", type=int, default=4, help="batch size (cameras; default 4)")
     p.add_argument("--steps", type=int, default=30, help="measured optimizer steps (engine)")
     p.add_argument("--warmup", type=int, default=5, help="warm-up steps not measured (engine)")
-    p.add_argument("--samples", type=int, default=512, help="samples to read (loader)")
+    p.add_argument("--samples", type=int, default=None, help="samples to read (loader: default 512, cameras: 48)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_intermixed_args(argv)
     from toolkit.config import ConfigError, load_config
 
+    if args.which == "cameras":
+        from toolkit.data.pipeline import ShardListError
+
+        try:
+            from toolkit.camera.augment import parse_image_size
+
+            width, height = parse_image_size(args.image_size)
+            if not args.shards:
+                raise ValueError("cameras needs --shards")
+            result = {"shards": args.shards, "torch": torch.__version__, "threads": torch.get_num_threads()}
+            result.update(bench_cameras(args.shards, args.samples or 48, args.workers, args.batch_size,
+                                        (width, height)))
+        except (ValueError, ShardListError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return _print(result, args.json)
+    if not args.config:
+        print(f"error: {args.which} needs --config", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
@@ -162,14 +260,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result: dict = {"config": args.config, "torch": torch.__version__, "threads": torch.get_num_threads()}
     if args.which in ("loader", "all"):
-        result.update(bench_loader(cfg, args.samples))
+        result.update(bench_loader(cfg, args.samples or 512))
     if args.which in ("engine", "all"):
         result.update(bench_engine(cfg, args.steps, args.warmup))
-    if args.json:
+    return _print(result, args.json)
+
+
+def _print(result: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:32s} {value}")
+            print(f"{key:{max(32, max(map(len, result)) + 1)}s} {value}")
     return 0
 
 

@@ -1,9 +1,15 @@
 """Camera geometry: pinhole intrinsics, extrinsics (sensor and ego poses) and projections.
 
-The camera counterpart of :mod:`toolkit.lidar`: numpy only, float64, metres and pixels, no image I/O and no
-models. Reading a dataset's tables stays in :mod:`toolkit.datasets` (for nuScenes, the devkit's
-``NuScenes`` object); the functions here turn its calibration and poses into matrices and points into
-pixels (:mod:`toolkit.camera.geometry`).
+The camera counterpart of :mod:`toolkit.lidar`, metres and pixels, no models. Reading a dataset's tables stays
+in :mod:`toolkit.datasets` (for nuScenes, the devkit's ``NuScenes`` object); the modules here turn its
+calibration and poses into matrices and points into pixels:
+
+* :mod:`toolkit.camera.geometry`: numpy float64 rigid transforms, pinhole projection, the image mask and the
+  nuScenes LiDAR -> camera chain.
+* :mod:`toolkit.camera.augment`: resize/crop of images with the intrinsics updated (Simple-BEV's train-time
+  jitter, plain resize for validation) and JPEG decoding straight to the transformed size (Pillow).
+* :mod:`toolkit.camera.voxels`: torch, batched: ego points -> pixels of every camera, and voxel centres ->
+  ``grid_sample`` coordinates with a validity mask (the lifting step of Simple-BEV-style BEV models).
 
 Frames, as in nuScenes:
 

@@ -18,7 +18,15 @@ from __future__ import annotations
 import numpy as np
 from pyquaternion import Quaternion
 
-__all__ = ["transform_matrix", "transform_points", "project_to_image", "in_image", "lidar_to_camera"]
+#: Pixel convention of image resizing and sampling (:mod:`toolkit.camera.augment`, :mod:`toolkit.camera.voxels`):
+#: the centre of pixel (row i, column j) is at ``(u, v) = (j, i)`` (OpenCV's convention, so the image spans
+#: ``[-0.5, W - 0.5]``). Continuous image coordinates, in which pixel ``j`` covers ``[j, j + 1)`` (how Pillow,
+#: OpenCV and ``grid_sample(align_corners=False)`` resample), are ``u + PIXEL_EDGE_OFFSET``. Set it to 0.0 for
+#: data whose intrinsics put pixel centres at ``j + 0.5`` (e.g. a ray caster shooting through ``j + 0.5``).
+PIXEL_EDGE_OFFSET = 0.5
+
+__all__ = ["PIXEL_EDGE_OFFSET", "transform_matrix", "invert_rigid", "transform_points", "project_to_image",
+           "project_ego_points", "in_image", "lidar_to_camera"]
 
 
 def _array(x, shape: tuple, name: str) -> np.ndarray:
@@ -60,6 +68,29 @@ def transform_matrix(translation, rotation_wxyz, inverse: bool = False) -> np.nd
     else:
         out[:3, :3] = rot
         out[:3, 3] = t
+    return out
+
+
+def invert_rigid(T) -> np.ndarray:
+    """Exact inverse of rigid transforms: ``[[R^T, -R^T t], [0, 1]]`` (no matrix inversion).
+
+    Args:
+        T: (..., 4, 4) rigid ``T_a_from_b`` (rotation and translation; the last row is not used).
+
+    Returns:
+        (..., 4, 4) float64 ``T_b_from_a``.
+
+    Raises:
+        ValueError: if the last two axes are not (4, 4).
+    """
+    T = np.asarray(T, np.float64)
+    if T.shape[-2:] != (4, 4):
+        raise ValueError(f"T must have shape (..., 4, 4), got {T.shape}")
+    rt = np.swapaxes(T[..., :3, :3], -1, -2)
+    out = np.zeros_like(T)
+    out[..., :3, :3] = rt
+    out[..., :3, 3] = -np.einsum("...ij,...j->...i", rt, T[..., :3, 3])
+    out[..., 3, 3] = 1.0
     return out
 
 
@@ -108,6 +139,25 @@ def project_to_image(points_cam, intrinsics) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         uv = uvw[:, :2] / uvw[:, 2:3]
     return uv, depth
+
+
+def project_ego_points(points_ego, intrinsics, cam2ego) -> tuple[np.ndarray, np.ndarray]:
+    """Ego-frame points -> pixels of one camera: ``project_to_image(inverse(cam2ego) p, K)``.
+
+    Args:
+        points_ego: (N, 3) points in the ego frame the transform refers to, metres.
+        intrinsics: (3, 3) camera matrix, pixels (of the image size the pixels are wanted in).
+        cam2ego: (4, 4) rigid ``T_ego_from_camera`` (e.g. the shards' ``cam2keyego``: camera -> keyframe ego).
+
+    Returns:
+        ``uv`` (N, 2) float64 pixels and ``depth`` (N,) float64 metres, as :func:`project_to_image` (mask
+        with :func:`in_image`). The torch version for batches is :func:`toolkit.camera.voxels.project_points`.
+
+    Raises:
+        ValueError: on a wrong shape.
+    """
+    T = _array(cam2ego, (4, 4), "cam2ego")
+    return project_to_image(transform_points(invert_rigid(T), points_ego), intrinsics)
 
 
 def in_image(uv, depth, width: int, height: int, min_depth: float = 0.1, *, margin: float = 0.0) -> np.ndarray:
