@@ -19,6 +19,7 @@ TASKS: dict[str, str] = {
     "cilp": "toolkit.tasks.cilp.contrastive:CILPTask",
     "cilp_projector": "toolkit.tasks.cilp.projector:CILPProjectorTask",
     "rgb2lidar": "toolkit.tasks.cilp.rgb2lidar:RGB2LiDARTask",
+    "bev": "toolkit.tasks.bev.task:BEVTask",
 }
 
 
