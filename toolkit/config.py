@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,10 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     """The loop. ``precision``: fp32 | bf16 | fp16 (fp16 uses loss scaling; needs CUDA or MPS).
-    ``device``: auto | cpu | cuda | mps. ``strategy``: ddp (DeepSpeed ZeRO is planned)."""
+    ``device``: auto | cpu | cuda | mps. ``strategy``: ddp (DeepSpeed ZeRO is planned).
+
+    An optimizer step whose loss or gradient norm is not finite is skipped on every rank (counted as
+    ``train/skipped_steps``); ``max_bad_steps`` skips in a row stop the run with an error."""
 
     max_steps: int = 1000
     grad_accum: int = 1
@@ -72,6 +76,7 @@ class TrainConfig:
     device: str = "auto"
     strategy: str = "ddp"
     find_unused_parameters: bool = False
+    max_bad_steps: int = 20
 
 
 @dataclass
@@ -108,11 +113,17 @@ class LogConfig:
 
 @dataclass
 class CheckpointConfig:
-    """``iter_{N:09d}.pt`` every ``every`` steps and at the end, the newest ``keep`` kept, plus JIT exports."""
+    """``iter_{N:09d}.pt`` every ``every`` steps (0 = never on a schedule) and at the end, the newest
+    ``keep`` of this run kept, plus JIT exports.
+
+    Checkpoints that do not load, fail their content hash or belong to another run are moved to
+    ``checkpoints/quarantine/``, never counted or deleted. If the folder holds such files and no usable
+    checkpoint, the run refuses to start again from step 0 unless ``allow_fresh_start`` is true."""
 
     every: int = 500
     keep: int = 3
     export_jit: bool = True
+    allow_fresh_start: bool = False
 
 
 @dataclass
@@ -146,9 +157,13 @@ CHOICES = {
     "train.strategy": ("ddp",),
     "optim.schedule": ("cosine", "linear", "constant"),
 }
-POSITIVE = ("train.max_steps", "train.grad_accum", "data.batch_size", "checkpoint.keep", "log.every")
+POSITIVE = ("train.max_steps", "train.grad_accum", "data.batch_size", "checkpoint.keep", "log.every",
+            "train.max_bad_steps", "optim.lr", "optim.eps")
 NON_NEGATIVE = ("data.num_workers", "data.shuffle_buffer", "optim.warmup_steps", "checkpoint.every",
-                "eval.every", "eval.max_batches", "log.image_every", "train.grad_clip", "data.val_batch_size")
+                "eval.every", "eval.max_batches", "log.image_every", "train.grad_clip", "data.val_batch_size",
+                "optim.weight_decay")
+#: key -> (low, high, high included): closed or half-open intervals
+INTERVALS = {"optim.min_lr_ratio": (0.0, 1.0, True), "ema.decay": (0.0, 1.0, False)}
 
 
 def _get(cfg: Config, dotted: str):
@@ -168,16 +183,24 @@ def validate(cfg: Config, source: str = "config") -> None:
         if _get(cfg, key) not in allowed:
             hint = " (DeepSpeed ZeRO is not available yet)" if key == "train.strategy" else ""
             raise ConfigError(f"{source}: {key}={_get(cfg, key)!r} is not one of {list(allowed)}{hint}")
-    for key in POSITIVE:
-        if _get(cfg, key) < 1:
-            raise ConfigError(f"{source}: {key} must be >= 1, got {_get(cfg, key)}")
+    for key in POSITIVE:  # integers >= 1, floats > 0
+        value = _get(cfg, key)
+        if isinstance(value, float) and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{source}: {key} must be a finite number > 0, got {value}")
+        if not isinstance(value, float) and value < 1:
+            raise ConfigError(f"{source}: {key} must be >= 1, got {value}")
     for key in NON_NEGATIVE:
-        if _get(cfg, key) < 0:
-            raise ConfigError(f"{source}: {key} must be >= 0, got {_get(cfg, key)}")
-    if len(cfg.optim.betas) != 2:
-        raise ConfigError(f"{source}: optim.betas must have 2 values, got {list(cfg.optim.betas)}")
-    if not 0.0 <= cfg.ema.decay < 1.0:
-        raise ConfigError(f"{source}: ema.decay must be in [0, 1), got {cfg.ema.decay}")
+        value = _get(cfg, key)
+        if not (math.isfinite(value) and value >= 0):
+            kind = "a finite number " if isinstance(value, float) else ""
+            raise ConfigError(f"{source}: {key} must be {kind}>= 0, got {value}")
+    for key, (low, high, closed) in INTERVALS.items():
+        value = _get(cfg, key)
+        if not (low <= value <= high and (closed or value < high)):
+            raise ConfigError(f"{source}: {key} must be in [{low:g}, {high:g}{']' if closed else ')'}, got {value}")
+    betas = list(cfg.optim.betas)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"{source}: optim.betas must be 2 values in [0, 1), got {betas}")
     if hasattr(cfg.task, "validate"):
         try:
             cfg.task.validate()
@@ -234,7 +257,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         # name the override rather than the file when the bad key came from the command line
         for item in overrides:
             key = item.split("=", 1)[0]
-            if f"'{key}'" in str(exc) or f" {key}=" in str(exc):
+            if f"'{key}'" in str(exc) or f" {key}=" in str(exc) or f": {key} " in str(exc):
                 raise ConfigError(str(exc).replace(f"{source}:", f"override '{item}':", 1)) from exc
         raise
     if not cfg.run.name:
@@ -296,6 +319,22 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 def run_dir(cfg: Config) -> Path:
     """The run folder: ``run.dir`` or ``run.root/run.name``."""
     return Path(cfg.run.dir) if cfg.run.dir else Path(cfg.run.root) / cfg.run.name
+
+
+def peek_run_dir(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Path | None:
+    """The run folder that :func:`load_config` of the same arguments would give, read from the YAML and
+    the overrides alone (no schema, no task import: a fraction of a second), so a command can lock the
+    folder before building anything. None if it cannot be read this way; :func:`load_config` then
+    reports what is wrong."""
+    try:
+        raw = OmegaConf.merge(OmegaConf.load(path) if path else OmegaConf.create({}),
+                              OmegaConf.from_dotlist([f"{o}''" if o.endswith("=") else o for o in overrides or []]))
+        run = RunConfig(**{k: OmegaConf.select(raw, f"run.{k}", default=getattr(RunConfig, k))
+                           for k in ("name", "root", "dir")})
+        run.name = run.name or (Path(path).stem if path else OmegaConf.select(raw, "task.name", default=""))
+        return run_dir(Config(run=run)) if run.dir or run.name else None
+    except Exception:  # noqa: BLE001 - anything odd is left to load_config's errors
+        return None
 
 
 def describe(cls=Config, prefix: str = "") -> list[str]:

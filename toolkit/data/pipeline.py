@@ -11,7 +11,13 @@ Evaluation (:func:`eval_loader`): one finite pass, shards split by node (rank) a
 sample is read exactly once across all ranks and workers.
 
 Corrupt data never stops a run: an unreadable shard, a truncated tar or a sample the task cannot
-decode is skipped, warned about (first few per worker) and *counted*. Both loaders return a
+decode is skipped, warned about (first few per worker) and *counted*. Data that is not the task's
+does: :func:`check_shards` opens every local shard of a spec before training and requires the task's
+members in its first sample (an empty tar or another task's shards is a one-line
+:class:`ShardListError`), and while streaming, :data:`MAX_EMPTY_SHARDS` shards in a row without a
+sample holding the task's members raise :class:`NoSamplesError` (an infinite resampled stream would
+otherwise spin forever), as do ``max_consecutive`` unreadable or undecodable samples in a row
+(:class:`CorruptDataError`). Both loaders return a
 :class:`Batches` iterable: it yields plain batch dicts and keeps the running count of skipped samples
 in ``.skipped`` (inside the pipeline each batch travels as ``(batch, skipped_before_it)`` so counts from
 worker processes reach the consumer; nothing is added to the batch).
@@ -31,6 +37,7 @@ import os
 import random
 import signal
 import sys
+import tarfile
 from itertools import islice
 from typing import Callable, Iterable, Iterator
 
@@ -43,7 +50,10 @@ DecodeFn = Callable[[dict, np.random.Generator], dict]
 
 
 class ShardListError(FileNotFoundError):
-    """A shard specification that matches no file."""
+    """A shard specification that matches no file, or shards without the task's members."""
+
+#: shards opened in a row without one sample holding the task's members before the stream gives up
+MAX_EMPTY_SHARDS = 50
 
 
 def expand_shards(spec: str | list[str], must_exist: bool = True) -> list[str]:
@@ -101,6 +111,87 @@ class CorruptDataError(RuntimeError):
     """Too many consecutive unreadable shards or samples: the data is not what the config says."""
 
 
+class NoSamplesError(CorruptDataError):
+    """A stream or a pass that yields no usable sample: the message names the shards and the members."""
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:")
+
+
+def _first_sample(url: str) -> tuple[str | None, set[str]]:
+    """(key, member extensions) of the first sample of a tar (streamed: only its first members are read).
+
+    Raises:
+        OSError, tarfile.TarError: if the file cannot be read as a tar.
+    """
+    from webdataset.tariterators import base_plus_ext
+
+    key, exts = None, set()
+    with tarfile.open(url, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            prefix, ext = base_plus_ext(member.name)
+            if prefix is None:
+                continue
+            if key is not None and prefix != key:
+                break
+            key = prefix
+            exts.add(ext.lower())
+    return key, exts
+
+
+def _members_note(url: str, keys) -> str:
+    """What the first sample of ``url`` holds, for error messages."""
+    if not _is_local(url):
+        return f"'{url}'"
+    try:
+        key, exts = _first_sample(url)
+    except (OSError, tarfile.TarError) as exc:
+        return f"'{url}' cannot be read as a tar ({exc})"
+    if key is None:
+        return f"'{url}' is empty (no member)"
+    missing = sorted(set(keys or ()) - exts)
+    return f"'{url}' has no {', '.join(missing) or 'usable member'} (its first sample '{key}' holds {', '.join(sorted(exts))})"
+
+
+def check_shards(spec: str | list[str], keys: tuple[str, ...] | None, what: str = "data.train") -> list[str]:
+    """Open every local shard of ``spec`` and check its first sample holds the members ``keys``.
+
+    Remote shards (URLs, ``pipe:``) are not opened; the stream's own bound covers them. A shard that
+    cannot be read at all is left to the stream (skipped and counted there) unless none can.
+
+    Args:
+        spec: shard specification; keys: the task's ``shard_keys`` (None: any member will do).
+        what: the config key, for the message.
+
+    Returns:
+        The shard list.
+
+    Raises:
+        ShardListError: one line naming ``what``, the spec, a bad shard and the missing members, if a
+            shard is empty or lacks members, or no shard can be read; or if ``spec`` matches nothing.
+    """
+    urls = expand_shards(spec)
+    bad, unreadable, local = [], [], 0
+    for url in filter(_is_local, urls):
+        local += 1
+        try:
+            key, exts = _first_sample(url)
+        except (OSError, tarfile.TarError):
+            unreadable.append(url)
+            continue
+        if key is None or (keys and not set(keys) <= exts):
+            bad.append(url)
+    if bad:
+        raise ShardListError(f"{what} '{spec}': {len(bad)} of {len(urls)} shards lack the task's members "
+                             f"({', '.join(keys or ('any member',))}): {_members_note(bad[0], keys)}")
+    if local and len(unreadable) == local:
+        raise ShardListError(f"{what} '{spec}': no shard can be read as a tar: {_members_note(unreadable[0], keys)}")
+    return urls
+
+
 class SkipCounter:
     """Exception handler for WebDataset stages that warns, counts and continues.
 
@@ -117,6 +208,17 @@ class SkipCounter:
 
     def ok(self) -> None:
         self.consecutive = 0
+
+    def unusable(self, what: str) -> None:
+        """A sample that is not an error but gives nothing (a decode that returned None): not counted
+        as skipped, but it does not end a run of failures either.
+
+        Raises:
+            CorruptDataError: after ``max_consecutive`` failures in a row."""
+        self.consecutive += 1
+        if self.consecutive > self.max_consecutive:
+            raise CorruptDataError(f"{self.consecutive} consecutive shards or samples without a usable sample; "
+                                   f"last: {what}")
 
     def __call__(self, exn: BaseException) -> bool:
         self.count += 1
@@ -177,15 +279,35 @@ class _KeepKeys:
         return fname.split(".", 1)[-1].lower() in self.keys
 
 
-def _tar_samples(src: Iterable[dict], handler: SkipCounter, keys=None, bufsize: int = 1 << 20) -> Iterator[dict]:
+def _tar_samples(src: Iterable[dict], handler: SkipCounter, keys=None, bufsize: int = 1 << 20,
+                 max_empty: int = MAX_EMPTY_SHARDS) -> Iterator[dict]:
     """webdataset's ``tarfile_to_samples`` with a 1 MiB read buffer, keeping only the members whose
     extension is in ``keys`` (None = all): the others are skipped while streaming and never reach the
-    shuffle buffer."""
+    shuffle buffer.
+
+    Raises:
+        NoSamplesError: when ``max_empty`` shards in a row gave no sample (empty tars, another task's
+            shards), naming them and what they hold.
+    """
     from webdataset import tariterators
 
-    streams = tariterators.url_opener(src, handler=handler, bufsize=bufsize)
+    opened: list[str] = []  # shards opened since the last sample came out
+
+    def watched(urls):
+        for item in urls:
+            opened.append(item["url"])
+            if len(opened) > max_empty:
+                names = sorted(set(opened))
+                raise NoSamplesError(f"{len(opened) - 1} shards in a row gave no sample with the members "
+                                     f"{', '.join(keys or ('any',))} ({len(names)} distinct, e.g. "
+                                     f"{_members_note(names[0], keys)}): are these the task's shards?")
+            yield item
+
+    streams = tariterators.url_opener(watched(src), handler=handler, bufsize=bufsize)
     files = tariterators.tar_file_expander(streams, handler=handler, select_files=_KeepKeys(keys) if keys else None)
-    return tariterators.group_by_keys(files, handler=handler)
+    for sample in tariterators.group_by_keys(files, handler=handler):
+        opened.clear()
+        yield sample
 
 
 def _worker_share(skip_batches: int) -> int:
@@ -219,9 +341,11 @@ def _decode(src: Iterable[dict], fn: DecodeFn, seed: int, rank: int, counter: Sk
             exn.args = (f"{sample.get('__url__', '?')}: sample '{key}': {exn}",)
             counter(exn)
             continue
-        if out is not None:
-            counter.ok()
-            yield out
+        if out is None:
+            counter.unusable(f"{sample.get('__url__', '?')}: sample '{sample.get('__key__', '?')}' decoded to nothing")
+            continue
+        counter.ok()
+        yield out
 
 
 def _batch(src: Iterable[dict], batch_size: int, counter: SkipCounter, partial: bool) -> Iterator[tuple[dict, int]]:

@@ -3,5 +3,6 @@
 ``trainer.py`` (``Trainer.fit`` coordinates), ``step.py`` (one optimizer step; the window of training
 scalars), ``evaluator.py`` (validation: sums and gathered features; visuals), ``checkpoint.py`` (the
 checkpoint format end to end, resume, exports, ``load_trained_model``), ``evaluation.py`` (the generic
-``python -m toolkit.evaluate``), ``ema.py``, ``optim.py``, ``device.py``, ``logger.py``.
+``python -m toolkit.evaluate``), ``lock.py`` (one writer per run folder), ``ema.py``, ``optim.py``,
+``device.py``, ``logger.py``.
 """

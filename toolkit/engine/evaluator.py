@@ -15,13 +15,17 @@ steps on the main process.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
 import torch.distributed as dist
 
-from toolkit.data.pipeline import eval_loader
+from toolkit.data.pipeline import NoSamplesError, eval_loader
 from toolkit.engine.device import move_batch
+
+
+SAMPLES = "__samples__"  #: the count of validation samples, carried with the sums
 
 
 def _gather_features(features: dict[str, list[torch.Tensor]], world_size: int) -> dict[str, torch.Tensor]:
@@ -81,16 +85,20 @@ class Evaluator:
 
         Raises:
             ShardListError: if ``data.val`` matches no shard.
+            NoSamplesError: on every rank, if the pass read no valid sample on any rank (a score of
+                nothing is an error, not 0).
         """
         loader = eval_loader(self.shards, self.task.decode_eval, self.batch_size, rank=self.rank,
                              world_size=self.world_size, num_workers=0, seed=self.seed, keys=self.task.shard_keys)
         was_training = model.training
         model.eval()
         sums: dict[str, float] = defaultdict(float)
+        sums[SAMPLES] = 0.0  # reduced with the task's sums: no extra collective
         features: dict[str, list[torch.Tensor]] = defaultdict(list)
         for i, batch in enumerate(loader):
             if self.max_batches and i >= self.max_batches:
                 break
+            sums[SAMPLES] += len(next(iter(batch.values())))
             out = self.task.evaluate_batch(model, move_batch(batch, self.device))
             for key, value in out.sums.items():
                 sums[key] += float(value)
@@ -98,6 +106,9 @@ class Evaluator:
                 features[key].append(value.detach().float().cpu())
         model.train(was_training)
         sums = _reduce_sums(sums, self.accelerator)
+        if sums.pop(SAMPLES) == 0:
+            raise NoSamplesError(f"validation read no valid sample from data.val '{self.shards}' "
+                                 f"({loader.skipped} skipped on rank {self.rank}): check the shards")
         gathered = _gather_features(features, self.world_size)
         return self.task.metrics(sums, gathered), sums, gathered
 
@@ -111,6 +122,9 @@ class Evaluator:
             results.update({f"val_ema/{k}": v for k, v in self.evaluate(ema_model)[0].items()})
         logger.scalars(step, results)
         logger.print(f"eval @ {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        bad = [k for k, v in results.items() if not math.isfinite(v)]
+        if bad:
+            logger.print(f"warning: non-finite validation metrics at step {step}: {', '.join(bad)}")
         self.last = results
         return results
 

@@ -15,12 +15,20 @@ from pathlib import Path
 
 import torch
 
+from toolkit.files import WriteError
+
 
 def _fmt_duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1)
 
 
 class RunLogger:
@@ -49,7 +57,11 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
-        self.jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        path = self.run_dir / "metrics.jsonl"
+        torn = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
+        self.jsonl = open(path, "a", buffering=1)
+        if torn:  # a line cut off by a crash or a full disk: end it, so every later line parses
+            self.jsonl.write("\n")
         if self.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -82,7 +94,10 @@ class RunLogger:
             return
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
-        self.jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+        try:
+            self.jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+        except OSError as exc:  # a full disk: name the file
+            raise WriteError(exc.errno or 0, f"cannot write '{self.jsonl.name}': {exc.strerror or exc}") from exc
 
     def images(self, step: int, images: dict[str, torch.Tensor]) -> None:
         if self.writer is None:
@@ -99,8 +114,9 @@ class RunLogger:
         parts = [f"step {step}/{self.total}"]
         for key, label, fmt in (("train/loss", "loss", ".4g"), ("train/lr", "lr", ".3g"),
                                 ("train/grad_norm", "gnorm", ".3g"), ("perf/samples_per_s", "samples/s", ".1f"),
-                                ("perf/step_time_s", "s/step", ".3f"), ("perf/peak_mem_mb", "peak MiB", ".0f")):
-            if key in values:
+                                ("perf/step_time_s", "s/step", ".3f"), ("perf/peak_mem_mb", "peak MiB", ".0f"),
+                                ("train/skipped_steps", "skipped steps", ".0f")):
+            if key in values and (key != "train/skipped_steps" or values[key] > 0):
                 parts.append(f"{label} {values[key]:{fmt}}")
         parts.append(f"eta {_fmt_duration(self.eta(step))}")
         self.print(" | ".join(parts))
@@ -114,6 +130,8 @@ class RunLogger:
             self.bar.close()
             self.bar = None
         if self.writer is not None:
-            self.writer.close()
-            self.jsonl.close()
-            self.writer = self.jsonl = None
+            writer, jsonl, self.writer, self.jsonl = self.writer, self.jsonl, None, None
+            try:
+                writer.close()
+            finally:
+                jsonl.close()

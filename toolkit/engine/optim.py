@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -50,3 +51,48 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
     """Per-optimizer-step schedule (call ``step()`` once per optimizer step)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupDecay(cfg.warmup_steps, total_steps, cfg.schedule, cfg.min_lr_ratio))
+
+
+#: optimizer-group settings that come from the config (a checkpoint's copies are replaced on resume)
+GROUP_SETTINGS = ("initial_lr", "weight_decay", "betas", "eps")
+
+
+def schedule_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR) -> dict:
+    """The config-given hyper-parameters of a freshly built optimizer and schedule: per-group
+    ``initial_lr`` (the base lr), ``weight_decay``, ``betas``, ``eps``, and each lr multiplier's settings
+    (warmup, total steps, schedule, min ratio). Take it before a resume; see :func:`reapply_settings`."""
+    return {"groups": [{k: copy.copy(g[k]) for k in GROUP_SETTINGS if k in g} for g in optimizer.param_groups],
+            "lambdas": [dict(vars(f)) for f in scheduler.lr_lambdas]}
+
+
+def reapply_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                     settings: dict) -> list[str]:
+    """Put the config's hyper-parameters back over the ones a checkpoint restored, so an override on
+    resume (``optim.lr``, ``optim.weight_decay``, ``optim.warmup_steps``, ``train.max_steps``, ...) is
+    applied, not silently undone; the current lr is recomputed for the resumed step. Nothing is
+    touched when nothing differs (an exact resume stays bit-identical).
+
+    Returns:
+        ``name: old -> new`` for each setting that changed.
+    """
+    def plain(v):  # betas come back from a checkpoint as a list or a tuple
+        return tuple(v) if isinstance(v, (list, tuple)) else v
+
+    changes = []
+    for i, (group, fresh) in enumerate(zip(optimizer.param_groups, settings["groups"])):
+        for key, value in fresh.items():
+            old = group.get(key)
+            if plain(old) != plain(value):
+                changes.append(f"group {i} {key}: {old} -> {value}")
+                group[key] = value
+    for fn, fresh in zip(scheduler.lr_lambdas, settings["lambdas"]):
+        for key, value in fresh.items():
+            if getattr(fn, key, None) != value:
+                changes.append(f"schedule {key}: {getattr(fn, key, None)} -> {value}")
+                setattr(fn, key, value)
+    if changes:
+        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * fn(scheduler.last_epoch)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    return changes

@@ -5,26 +5,32 @@
 coordinates; each component decides its own timing (as torchtitan's ``train()``)::
 
     resume (checkpointer)  ->  for each optimizer step:
-        train_step(batches)          # grad_accum micro-steps, clip, optimizer, schedule, EMA   (step.py)
+        train_step(batches)   # grad_accum micro-steps, clip; one all-reduce agrees on skipping a
+                              # non-finite step and on stopping; optimizer, schedule, EMA            (step.py)
         window: log every log.every                                                          (step.py)
         visualizer: images every log.image_every                                         (evaluator.py)
         evaluator: validation every eval.every and at the end                            (evaluator.py)
-        stop agreement (one all-reduce), checkpointer: every checkpoint.every, at the end
-        and on a stop request                                                           (checkpoint.py)
+        checkpointer: every checkpoint.every, at the end and on a stop request          (checkpoint.py)
 
-Starting again with the same run folder resumes from the newest complete checkpoint: model, EMA,
+Starting again with the same run folder resumes from the newest usable checkpoint: model, EMA,
 optimizer, scheduler, loss scaler, step, every rank's RNG state and the saved data stream position
-(``data.resume=exact``). A stop request (SIGTERM/SIGUSR1 via :meth:`Trainer.request_stop`, or a job
-scheduler) makes every rank stop together at the next step boundary and write a checkpoint first.
-Exports are built from the EMA weights when ``eval.ema`` is on and the run keeps an EMA, else from
-the model's.
+(``data.resume=exact``); optimizer and schedule settings that the config changed since (``optim.*``,
+``train.max_steps``) are applied over the restored ones, and said so. A stop request
+(SIGTERM/SIGUSR1/SIGINT via :meth:`Trainer.request_stop`, or a job scheduler) makes every rank stop
+together at the next step boundary and write a checkpoint first. Exports are built from the EMA
+weights when ``eval.ema`` is on and the run keeps an EMA, else from the model's.
+
+Faults: rank 0 holds the run folder's lock (:mod:`toolkit.engine.lock`) from construction to the end
+of :meth:`Trainer.fit`; the shards of ``data.train`` and ``data.val`` are checked for the task's
+members before anything is built; non-finite steps are skipped (:mod:`toolkit.engine.step`); the
+checkpointer verifies, quarantines and refuses (:mod:`toolkit.engine.checkpoint`). Any error leaves
+:meth:`fit` with the loader's workers shut down, the logs closed and the lock released.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -34,13 +40,14 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
 from toolkit.config import Config, config_diff, run_dir, to_dict, to_yaml
-from toolkit.data.pipeline import train_loader
+from toolkit.data.pipeline import check_shards, train_loader
 from toolkit.engine.checkpoint import Checkpointer
 from toolkit.engine.device import check_precision, check_world_size, peak_memory_mb, select_device
 from toolkit.engine.ema import EMA
 from toolkit.engine.evaluator import Evaluator, Visualizer
+from toolkit.engine.lock import acquire_run_lock, release_run_lock
 from toolkit.engine.logger import RunLogger
-from toolkit.engine.optim import build_optimizer, build_scheduler
+from toolkit.engine.optim import build_optimizer, build_scheduler, reapply_settings, schedule_settings
 from toolkit.engine.step import MetricWindow, TrainStep
 from toolkit.files import write_text
 from toolkit.tasks import build_task
@@ -60,8 +67,9 @@ class Trainer:
 
     Raises:
         ConfigError: for a device or precision that cannot run here.
-        CheckpointError: if the newest checkpoint does not fit the model.
-        ShardListError: if ``data.train`` matches no shard.
+        RunLockedError: if another process holds the run folder (rank 0).
+        ShardListError: if ``data.train``/``data.val`` match no shard or lack the task's members.
+        CheckpointError (from :meth:`fit`): if the checkpoints cannot be used (see the checkpointer).
     """
 
     def __init__(self, cfg: Config):
@@ -74,8 +82,19 @@ class Trainer:
         self.accelerator = acc = Accelerator(cpu=device == "cpu", mixed_precision=mixed, kwargs_handlers=[ddp])
         self.device = acc.device
         self.rank, self.world_size, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.lock = acquire_run_lock(self.run_dir) if self.is_main else None
+        try:
+            self._build(cfg, acc)
+        except BaseException:
+            release_run_lock(self.lock)
+            raise
 
+    def _build(self, cfg: Config, acc: Accelerator) -> None:
+        """Every component of the run, the shards checked first."""
         self.task = build_task(cfg.task)
+        check_shards(cfg.data.train, self.task.shard_keys, "data.train")
+        if cfg.data.val:
+            check_shards(cfg.data.val, self.task.shard_keys, "data.val")
         set_seed(cfg.run.seed)  # identical initial weights on every rank
         model = self.task.build_model()
         self.n_params, self.n_trainable = count_parameters(model)
@@ -83,14 +102,18 @@ class Trainer:
         optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.settings = schedule_settings(self.optimizer, self.scheduler)  # the config's, re-applied on resume
         self.export_model = self.ema.module if self.ema is not None and cfg.eval.ema else self.unwrapped
 
         self.train_step = TrainStep(acc, self.model, self.optimizer, self.scheduler, self.task, self.ema,
-                                    cfg.train.grad_accum, cfg.train.grad_clip)
+                                    cfg.train.grad_accum, cfg.train.grad_clip, cfg.train.max_bad_steps,
+                                    last_good=lambda: self.checkpointer.last_path,
+                                    stop_request=lambda: self._stop_request)
         parts = {"model": self.unwrapped, "ema": self.ema, "optimizer": self.optimizer, "scheduler": self.scheduler,
-                 "scaler": acc.scaler}
+                 "scaler": acc.scaler, "train_step": self.train_step}
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every, parts,
-                                         self._exports if cfg.checkpoint.export_jit else None, acc, to_dict(cfg))
+                                         self._exports if cfg.checkpoint.export_jit else None, acc, to_dict(cfg),
+                                         allow_fresh_start=cfg.checkpoint.allow_fresh_start)
         self.evaluator = Evaluator(cfg, self.task, acc)
         self.visualizer = Visualizer(cfg.log.image_every, cfg.data.val, cfg.data.batch_size, cfg.run.seed, self.task,
                                      self.is_main)
@@ -99,8 +122,10 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, self.is_main, cfg.train.max_steps, cfg.log.progress)
         self.step = 0
         self.resumed = None       # toolkit.engine.checkpoint.Resumed, set by resume()
+        self.applied: list[str] = []  # settings of the config applied over the checkpoint's, set by resume()
         self.batches = None       # the training stream (toolkit.data.pipeline.Batches), set by fit()
         self._stop_request = 0
+        self._skips_reported = 0
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -115,37 +140,61 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> dict:
-        """Train until ``train.max_steps`` or a stop request. Returns a summary dict."""
+        """Train until ``train.max_steps`` or a stop request. Returns a summary dict.
+
+        Raises:
+            CheckpointError: unusable checkpoints and no usable one (see ``checkpoint.allow_fresh_start``).
+            NonFiniteError: ``train.max_bad_steps`` non-finite steps in a row, or non-finite weights at a save.
+            CorruptDataError, NoSamplesError: data that yields no usable sample.
+            WriteError: a checkpoint that cannot be written (a full disk), naming the file.
+        """
         cfg = self.cfg
-        self._start()
-        finished = self._finished_summary()
-        if finished is not None:  # running a finished run again keeps its results
-            self.logger.print(f"already finished at step {self.step}: {self.run_dir / 'summary.json'}")
-            self.logger.close()
-            return finished
-        status, stop, t_start = "finished", 0, time.time()
-        self.model.train()
-        with contextlib.closing(iter(self._train_stream())) as stream:  # closing stops the loader's workers
-            while self.step < cfg.train.max_steps:
-                t0 = time.perf_counter()
-                stats = self.train_step(stream)
-                self.step += 1
-                self.window.add(stats, time.perf_counter() - t0)
-                self.logger.advance(self.step, self.window.mean_loss)
-                if self.window.due(self.step):
-                    self._log_training()
-                if self.visualizer.due(self.step):
-                    self.visualizer.log(self.step, self.unwrapped, self.device, self.logger, self.train_step.last_batch)
-                if self.evaluator.due(self.step):
-                    self.evaluator.run(self.step, self.unwrapped, self.ema.module if self.ema else None, self.logger)
-                stop = self._agreed_stop_code()
-                if self.checkpointer.due(self.step, final=bool(stop) or self.step == cfg.train.max_steps):
-                    self.save_checkpoint()
-                if stop:
-                    status = "stopped"
-                    self.logger.print(f"stop requested: checkpointed at step {self.step} and stopping")
-                    break
-        return self._finish(status, stop, time.time() - t_start)
+        with self._holding_the_run():
+            self._start()
+            finished = self._finished_summary()
+            if finished is not None:  # running a finished run again keeps its results
+                self.logger.print(f"already finished at step {self.step}: {self.run_dir / 'summary.json'}")
+                self.logger.close()
+                return finished
+            status, stop, t_start = "finished", 0, time.time()
+            self.model.train()
+            with contextlib.closing(iter(self._train_stream())) as stream:  # closing stops the loader's workers
+                while self.step < cfg.train.max_steps:
+                    t0 = time.perf_counter()
+                    stats = self.train_step(stream, self.step + 1)
+                    self.step += 1
+                    self.window.add(stats, time.perf_counter() - t0)
+                    self.logger.advance(self.step, self.window.mean_loss)
+                    if self.window.due(self.step):
+                        self._log_training()
+                    if self.visualizer.due(self.step):
+                        self.visualizer.log(self.step, self.unwrapped, self.device, self.logger, self.train_step.last_batch)
+                    if self.evaluator.due(self.step):
+                        self.evaluator.run(self.step, self.unwrapped, self.ema.module if self.ema else None, self.logger)
+                    stop = stats.stop  # agreed by every rank inside the step
+                    if self.checkpointer.due(self.step, final=bool(stop) or self.step == cfg.train.max_steps):
+                        self.save_checkpoint()
+                    if stop:
+                        status = "stopped"
+                        self.logger.print(f"stop requested: checkpointed at step {self.step} and stopping")
+                        break
+            return self._finish(status, stop, time.time() - t_start)
+
+    @contextlib.contextmanager
+    def _holding_the_run(self):
+        """Hold the run lock (rank 0) around :meth:`fit`; on any error close the logs (quietly, so the
+        error itself is what propagates) and always release the lock."""
+        if self.is_main and self.lock is None:
+            self.lock = acquire_run_lock(self.run_dir)
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.logger.close()
+            raise
+        finally:
+            release_run_lock(self.lock)
+            self.lock = None
 
     # ---------------------------------------------------------------------------------- the pieces
     def resume(self) -> bool:
@@ -155,6 +204,7 @@ class Trainer:
         self.resumed = self.checkpointer.resume(self.rank, self.world_size)
         if self.resumed is not None:
             self.step = self.resumed.step
+            self.applied = reapply_settings(self.optimizer, self.scheduler, self.settings)
         if self.resumed is None or not self.resumed.rng_restored:
             set_seed(self.cfg.run.seed + 1000 * self.step, device_specific=True)
         return self.resumed is not None
@@ -173,6 +223,8 @@ class Trainer:
             changes = config_diff(self.resumed.config, to_dict(cfg))
             if changes:
                 self.logger.print("config differs from the checkpoint's: " + "; ".join(changes[:8]))
+            if self.applied:
+                self.logger.print("applied over the checkpoint's optimizer/schedule: " + "; ".join(self.applied[:8]))
         else:
             self.logger.text("config", "```\n" + to_yaml(cfg) + "\n```")
             info = {f"info/{k}": float(v) for k, v in self.task.info(self.unwrapped).items()}
@@ -221,8 +273,11 @@ class Trainer:
             values["train/loss_scale"] = float(self.accelerator.scaler.get_scale())
         self.logger.scalars(self.step, values)
         self.logger.line(self.step, values)
-        if not math.isfinite(values["train/loss"]):
-            self.logger.print("warning: the training loss is not finite")
+        skipped = self.train_step.skipped_steps
+        if skipped > self._skips_reported:
+            self.logger.print(f"warning: {skipped - self._skips_reported} optimizer steps skipped since the last log "
+                              f"line (non-finite loss or gradient norm; {skipped} in this run)")
+            self._skips_reported = skipped
 
     def request_stop(self, code: int = STOP_EXIT) -> None:
         """Ask every rank to checkpoint and stop at the next step boundary.
@@ -231,14 +286,6 @@ class Trainer:
         agree on the largest code requested anywhere (:data:`STOP_EXIT` or :data:`STOP_REQUEUE`).
         """
         self._stop_request = max(self._stop_request, int(code))
-
-    def _agreed_stop_code(self) -> int:
-        """The largest stop code requested on any rank (one small all-reduce per step with several ranks)."""
-        if self.world_size == 1:
-            return self._stop_request
-        code = torch.tensor([self._stop_request], dtype=torch.int32, device=self.device)
-        torch.distributed.all_reduce(code, op=torch.distributed.ReduceOp.MAX)
-        return int(code.item())
 
     def save_checkpoint(self) -> Path | None:
         """Write ``iter_{step}.pt`` (+ exports) on the main process; every rank must call it."""
@@ -267,6 +314,7 @@ class Trainer:
                    "trainable_parameters": self.n_trainable, "world_size": self.world_size, "device": str(self.device),
                    "precision": self.cfg.train.precision, "train_seconds": round(elapsed, 2),
                    "peak_mem_mb": round(peak_memory_mb(self.device), 1), "skipped_samples": self.batches.skipped,
+                   "skipped_steps": self.train_step.skipped_steps,
                    "last_eval": self.evaluator.last,
                    "resumed_from": str(self.resumed_from) if self.resumed_from else None}
         if self.is_main:
