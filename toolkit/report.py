@@ -20,15 +20,21 @@ import yaml
 
 from toolkit.files import write_text
 
+def _task_class(cfg: dict):
+    from toolkit.tasks import get_task_class
+    from toolkit.tasks.base import Task
+
+    try:
+        return get_task_class(cfg["task"]["name"])
+    except KeyError:
+        return Task
+
+
 def experiment_name(cfg: dict) -> str:
     """The run's name in the table, as its task titles it."""
-    from toolkit.tasks import get_task_class
-
     task = cfg["task"]
-    try:
-        return get_task_class(task["name"]).title(task)
-    except KeyError:
-        return str(task["name"])
+    cls = _task_class(cfg)
+    return cls.title(task) if cls.name else str(task["name"])
 
 
 def train_samples(cfg: dict) -> int | None:
@@ -59,21 +65,24 @@ def run_row(run: Path) -> dict:
     if n and steps:
         global_batch = cfg["data"]["batch_size"] * cfg["train"]["grad_accum"] * summary.get("world_size", 1)
         per_epoch = sum(steps) / len(steps) * n / global_batch
-    return {"run": run.name, "experiment": experiment_name(cfg), "val_loss": ev.get("val/loss"),
-            "accuracy": ev.get("val/accuracy"), "parameters": summary.get("trainable_parameters"),
-            "s_per_epoch": per_epoch, "peak_mem_mb": summary.get("peak_mem_mb"), "device": summary.get("device"),
-            "steps": summary.get("step")}
+    return {"run": run.name, "experiment": experiment_name(cfg), "columns": _task_class(cfg).report_columns,
+            "metrics": ev, "parameters": summary.get("trainable_parameters"), "s_per_epoch": per_epoch,
+            "train_min": (summary.get("train_seconds") or 0) / 60 or None, "peak_mem_mb": summary.get("peak_mem_mb"),
+            "device": summary.get("device"), "steps": summary.get("step")}
 
 
 def markdown(rows: list[dict]) -> str:
+    """The table; the metric columns are those of the first run's task (``Task.report_columns``)."""
     def fmt(v, spec):
         return "–" if v is None else format(v, spec)
 
-    lines = ["| Experiment | Val loss | Accuracy (%) | Parameters (trainable) | s / epoch | Peak mem (MB) |",
-             "|---|---|---|---|---|---|"]
+    columns = rows[0]["columns"]
+    lines = ["| Experiment | " + " | ".join(h for h, _, _ in columns) + " | Parameters (trainable) | s / epoch | "
+             "Train time (min) | Peak mem (MB) |", "|---|" + "---|" * (len(columns) + 4)]
     for r in rows:
-        lines.append(f"| {r['experiment']} | {fmt(r['val_loss'], '.5f')} | {fmt(r['accuracy'], '.2f')} | "
-                     f"{fmt(r['parameters'], ',')} | {fmt(r['s_per_epoch'], '.1f')} | {fmt(r['peak_mem_mb'], '.0f')} |")
+        metrics = " | ".join(fmt(r["metrics"].get(key), spec) for _, key, spec in columns)
+        lines.append(f"| {r['experiment']} | {metrics} | {fmt(r['parameters'], ',')} | {fmt(r['s_per_epoch'], '.1f')} | "
+                     f"{fmt(r['train_min'], '.1f')} | {fmt(r['peak_mem_mb'], '.0f')} |")
     devices = sorted({str(r["device"]) for r in rows})
     lines.append(f"\nDevice: {', '.join(devices)}; peak memory is the process's max RSS on CPU, the CUDA "
                  "allocator's peak on GPU.")

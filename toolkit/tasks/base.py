@@ -86,6 +86,10 @@ class Task:
     #: sample members (extensions inside the tar) the decode functions read; None = all of them.
     #: The others are skipped while streaming, so the shuffle buffer holds only what is used.
     shard_keys: ClassVar[tuple[str, ...] | None] = None
+    #: the metric columns of ``python -m toolkit.report``: (header, key in ``summary.json``'s last evaluation,
+    #: format spec). Default: seed 003's table (validation loss and accuracy).
+    report_columns: ClassVar[tuple[tuple[str, str, str], ...]] = (("Val loss", "val/loss", ".5f"),
+                                                                   ("Accuracy (%)", "val/accuracy", ".2f"))
 
     def __init__(self, cfg: Any):
         self.cfg = cfg

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_source_arguments(p)
     p.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: the run's)")
     p.add_argument("--max-batches", type=int, default=0, help="stop after this many batches (0 = all)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also score the trivial baseline: the per-cell vehicle frequency of the run's training shards "
+                        "(data.train), thresholded at its best training-set IoU")
 
 
 @contextlib.contextmanager
@@ -66,9 +69,18 @@ def run(args) -> dict:
         source = args.shards or f"{args.dataroot} ({args.version})"
         args.shards = pattern
         result = evaluation.run(args)
+        if args.baseline:
+            from toolkit.engine.checkpoint import load_trained_model
+
+            from .baseline import frequency_baseline
+
+            cfg = load_trained_model(args.run or args.checkpoint, args.weights).config
+            result["baseline"] = frequency_baseline(cfg.data.train, pattern, cfg.task.sample.grid(),
+                                                    cfg.task.sample.categories, cfg.task.sample.ignore_visibility)
     result["source"] = source
-    m = result["metrics"]
-    print(f"\n| setting | IoU |\n|---|---|")
+    m, b = result["metrics"], result.get("baseline", {})
+    print(f"\n| setting | model | {'trivial baseline |' if b else ''}\n|---|---|{'---|' if b else ''}")
     for key, label in ROWS:
-        print(f"| {label} | {m.get(key, float('nan')):.4f} |")
+        extra = f" {b[key]:.4f} |" if key in b else (" – |" if b else "")
+        print(f"| {label} | {m.get(key, float('nan')):.4f} |{extra}")
     return result

@@ -129,6 +129,8 @@ class BEVTask(Task):
     name = "bev"
     Config = BEVConfig
     shard_keys = SHARD_KEYS
+    report_columns = (("IoU (vis. filtered)", "val_ema/iou", ".4f"), ("IoU 30 x 30 m", "val_ema/iou_30m", ".4f"),
+                      ("IoU (unfiltered)", "val_ema/iou_all", ".4f"))
 
     def __init__(self, cfg: BEVConfig):
         super().__init__(cfg)
