@@ -175,14 +175,20 @@ class BEVTask(Task):
     def decode_eval(self, sample: dict, rng: np.random.Generator) -> dict:
         return self._keep(self._eval(sample, rng))
 
-    def _forward(self, model: nn.Module, batch: dict):
+    @staticmethod
+    def _inputs(batch: dict) -> tuple[torch.Tensor, ...]:
+        """The model's inputs of a decoded batch: images in [0, 1], intrinsics, cam2ego, points (B, N, 5) and
+        their mask (empty (B, 0, ...) without LiDAR)."""
         images = batch["images"].float() / 255.0
         B = images.shape[0]
         if "points" in batch:
             points, mask = batch["points"][..., :5].float(), batch["points_mask"].float()
         else:
             points, mask = images.new_zeros(B, 0, 5), images.new_zeros(B, 0)
-        return model(images, batch["intrinsics"].float(), batch["cam2ego"].float(), points, mask)
+        return images, batch["intrinsics"].float(), batch["cam2ego"].float(), points, mask
+
+    def _forward(self, model: nn.Module, batch: dict):
+        return model(*self._inputs(batch))
 
     # --- training -------------------------------------------------------------------------------
     def _raw_losses(self, out, batch) -> dict[str, torch.Tensor]:
@@ -239,15 +245,10 @@ class BEVTask(Task):
         return out
 
     def export_inputs(self, batch: dict) -> dict[str, tuple[torch.Tensor, ...]]:
-        images = batch["images"].float() / 255.0
-        B = images.shape[0]
-        if "points" in batch:
-            points, mask = batch["points"][..., :5].float(), batch["points_mask"].float()
-        else:
-            points, mask = images.new_zeros(B, 0, 5), images.new_zeros(B, 0)
-        out = {"model": (images, batch["intrinsics"].float(), batch["cam2ego"].float(), points, mask)}
+        inputs = self._inputs(batch)
+        out = {"model": inputs}
         if self.cfg.inputs != "lidar":
-            out["encoder"] = (images.flatten(0, 1),)
+            out["encoder"] = (inputs[0].flatten(0, 1),)
         return out
 
     def info(self, model: nn.Module) -> dict[str, float]:
