@@ -155,18 +155,20 @@ def test_time_limit_checkpoints_and_requeues_through_submitit(lidar_shards, tmp_
     resumes, until the work is done."""
     steps = 4000  # ~2 min of training here at ~0.03 s/step: more than one 2-minute slot can hold
     run = tmp_path / "timeout"
+    # a loaded machine trains 4-10x slower (0.12-0.38 s/step seen): enough requeues for that, so the test
+    # checks the mechanism rather than the machine's speed
     res = _launch(slurm_env, "--cluster", "slurm", "--profile", "local", "--time", "2", "--signal-delay", "60",
-                  "--max-requeues", "8", *_overrides(lidar_shards, run, steps, **{"checkpoint.every": 5000,
-                                                                                  "log.every": 250}))
+                  "--max-requeues", "30", *_overrides(lidar_shards, run, steps, **{"checkpoint.every": 5000,
+                                                                                   "log.every": 250}))
     job = _job_id(res.stdout)
-    _wait_for(lambda: _finished(run), 1200, "the job to finish across time-outs", slurm_env, job)
+    _wait_for(lambda: _finished(run), 3000, "the job to finish across time-outs", slurm_env, job)
     logs = _logs(run)
     assert "SIGURG (time-limit or preemption notice)" in logs
     assert "handing over to submitit to requeue" in logs
     summary = json.loads((run / "summary.json").read_text())
     assert summary["step"] == steps and summary["resumed_from"] is not None
-    # submitit's own time-out accounting, bounded by --max-requeues 8
-    assert "this job is timed-out" in logs and "(7 remaining timeouts)" in logs
+    # submitit's own time-out accounting, bounded by --max-requeues 30
+    assert "this job is timed-out" in logs and "(29 remaining timeouts)" in logs
     # checkpoint.every is larger than the run: every checkpoint but the last was written on the signal
     steps_saved = sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("iter_*.pt"))
     assert len(steps_saved) >= 2 and steps_saved[-1] == steps and all(0 < s < steps for s in steps_saved[:-1])
