@@ -17,6 +17,10 @@
   members read with ``tarfile``: one decoding and resizing the same JPEGs with plain Pillow
   (``Image.open().convert("RGB").resize()``, nothing else), one running the same decode as the loader.
 
+* ``index``: recall@10 of Faiss HNSW and IVF-PQ (with IndexRefineFlat re-ranking) against exact Flat search
+  on ``--n`` (100k) synthetic clustered, L2-normalised ``--dim`` (256) vectors, with build time, queries/s
+  and bytes per vector of each (:func:`bench_index`; ``python -m toolkit.bench index [--n N --dim D]``).
+
 ``--json`` prints the figures as one JSON object.
 """
 
@@ -60,20 +64,9 @@ def bench_loader(cfg, samples: int = 512) -> dict:
     rng = np.random.default_rng(0)
     done = 0
     t0 = time.perf_counter()
-    while done < n_batches * bs:
-        for url in urls:
-            with tarfile.open(url) as tar:
-                members: dict[str, dict] = {}
-                for member in tar:
-                    key, _, ext = member.name.partition(".")
-                    members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
-                for sample in members.values():
-                    task.decode_train(sample, rng)
-                    done += 1
-                    if done >= n_batches * bs:
-                        break
-            if done >= n_batches * bs:
-                break
+    for sample in _tar_samples(urls, n_batches * bs):
+        task.decode_train(sample, rng)
+        done += 1
     bare_s = time.perf_counter() - t0
     pipeline_rate = n_batches * bs / pipeline_s
     bare_rate = done / bare_s
@@ -216,11 +209,88 @@ def bench_engine(cfg, steps: int = 30, warmup: int = 5) -> dict:
             "precision": cfg.train.precision, "batch_size": cfg.data.batch_size}
 
 
+def clustered_embeddings(n: int, dim: int, clusters: int = 100, subspace: int = 16, seed: int = 0) -> np.ndarray:
+    """(n, dim) float32 L2-normalised synthetic "embeddings": a Gaussian mixture of ``clusters`` centres
+    (N(0, I)), each cluster spread over its own random ``subspace``-dimensional plane (std 0.5 per axis) plus
+    isotropic noise (std 0.05): a low intrinsic dimension, as learned embeddings have, unlike i.i.d. noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    planes = (rng.standard_normal((clusters, subspace, dim)) / np.sqrt(dim)).astype(np.float32)
+    label = rng.integers(0, clusters, n)
+    x = centres[label]
+    for c in range(clusters):  # per cluster: one (m, subspace) @ (subspace, dim) product
+        rows = np.flatnonzero(label == c)
+        x[rows] += (0.5 * np.sqrt(dim)) * rng.standard_normal((len(rows), subspace)).astype(np.float32) @ planes[c]
+    x += 0.05 * rng.standard_normal(x.shape).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def bench_index(n: int = 100_000, dim: int = 256, queries: int = 1000, k: int = 10, threads: int = 0,
+                target: float = 0.95) -> dict:
+    """Recall@k of HNSW and IVF-PQ against exact (Flat) search, with build time, queries/s, bytes per vector.
+
+    Database: :func:`clustered_embeddings` (``n`` x ``dim``), queries: ``queries`` more points of the same
+    mixture (not in the database). Recall@k = |approximate top k  intersect  exact top k| / k, averaged over the
+    queries. Query-time knobs are swept (HNSW ``efSearch``, IVF-PQ ``nprobe``) and the first setting reaching
+    ``target`` is reported (else the best). Queries/s: one batched search of all queries. Bytes per vector:
+    the serialized index / n (codes, ids, graph or refine vectors included).
+    """
+    import faiss
+
+    from toolkit.embedding.faiss_index import IndexParams, build_index, bytes_per_vector, set_search_params
+
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    x = clustered_embeddings(n + queries, dim)
+    base, q = np.ascontiguousarray(x[:n]), np.ascontiguousarray(x[n:])
+    out: dict = {"index_n": n, "index_dim": dim, "index_queries": queries, "index_k": k,
+                 "index_threads": faiss.omp_get_max_threads(), "index_data": "100-centre Gaussian mixture, 16-d "
+                 "subspace per centre, L2-normalised; inner product"}
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        value = fn()
+        return value, time.perf_counter() - t0
+
+    flat, build_s = timed(lambda: build_index(base, IndexParams("flat")))
+    (_, truth), search_s = timed(lambda: flat.search(q, k))
+    out.update(flat_build_s=round(build_s, 2), flat_qps=round(queries / search_s), flat_bytes_per_vector=4 * dim)
+
+    def recall(index) -> tuple[float, float]:
+        (_, found), s = timed(lambda: index.search(q, k))
+        hits = sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), truth.tolist()))
+        return hits / (k * queries), queries / s
+
+    m = max(d for d in range(1, min(64, dim // 4) + 1) if dim % d == 0)
+    candidates = {"hnsw": (IndexParams("hnsw", M=32, ef_construction=40), "ef_search", (16, 32, 64, 128, 256)),
+                  "ivfpq": (IndexParams("ivfpq", nlist=256, m=m, nbits=8, refine=8), "nprobe", (4, 8, 16, 32, 64))}
+    for name, (params, knob, values) in candidates.items():
+        index, build_s = timed(lambda: build_index(base, params))
+        sweep = []
+        for v in values:
+            setattr(params, knob, v)
+            set_search_params(index, params)
+            r, qps = recall(index)
+            sweep.append((v, r, qps))
+            if r >= target:
+                break
+        v, r, qps = next((s for s in sweep if s[1] >= target), max(sweep, key=lambda s: s[1]))
+        out.update({f"{name}_params": (f"M=32 efConstruction=40 efSearch={v}" if name == "hnsw" else
+                                       f"nlist=256 m={m} nbits=8 nprobe={v} refine(IndexRefineFlat)=8"),
+                    f"{name}_recall@{k}": round(r, 4), f"{name}_build_s": round(build_s, 2), f"{name}_qps": round(qps),
+                    f"{name}_bytes_per_vector": round(bytes_per_vector(index, n), 1),
+                    f"{name}_sweep": [[s[0], round(s[1], 4), round(s[2])] for s in sweep]})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m toolkit.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", nargs="?", choices=["loader", "engine", "all", "cameras"], default="all",
+    p.add_argument("which", nargs="?", choices=["loader", "engine", "all", "cameras", "index"], default="all",
                    help="all = loader + engine")
+    p.add_argument("--n", type=int, default=100_000, help="database vectors (index; default 100000)")
+    p.add_argument("--dim", type=int, default=256, help="vector dimension (index; default 256)")
+    p.add_argument("--threads", type=int, default=0, help="Faiss threads (index; default 0 = Faiss' default)")
     p.add_argument("--config", "-c", help="run config whose data/model/precision to benchmark (loader, engine)")
     p.add_argument("--shards", help="multi-sensor shard spec (cameras)")
     p.add_argument("--image-size", default="400x224", metavar="WxH", help="decoded image size (cameras; default 400x224)")
@@ -250,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return _print(result, args.json)
+    if args.which == "index":
+        if args.n < 10_000 or args.dim < 8:
+            print("error: index needs --n >= 10000 and --dim >= 8", file=sys.stderr)
+            return 2
+        return _print(bench_index(args.n, args.dim, threads=args.threads), args.json)
     if not args.config:
         print(f"error: {args.which} needs --config", file=sys.stderr)
         return 2

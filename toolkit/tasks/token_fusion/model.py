@@ -1,0 +1,370 @@
+"""Token fusion network: image patch tokens and LiDAR pillar tokens, unimodal encoders, two-way cross-attention.
+
+Inspired by OmniVec2 (Srivastava & Sharma, "OmniVec2 - A Novel Transformer based Network for Large Scale
+Multimodal and Multitask Learning", CVPR 2024: modality tokenizers, a transformer per stream and
+cross-attention between pairs of modalities) at laptop scale; the contrastive part is CLIP's (Radford et
+al. 2021) and the align-before-fuse recipe ALBEF's (Li et al., NeurIPS 2021: a contrastive loss on the
+unimodal embeddings *before* fusion, a matching head on the fused tokens, retrieval = contrastive top-k
+re-ranked by the matching head).
+
+Shapes (B samples, S cameras, T image tokens per camera, L LiDAR tokens, D token width, E embedding width):
+
+* :class:`ImageEncoder`: (N, 3, H, W) float in [0, 1] -> (N, T, D). Patch embedding (:mod:`.patches`: a stem
+  of stride-2 convolutions, or one kernel = stride = ``patch`` convolution) + LayerNorm + a learned positional
+  embedding (within a camera), then self-attention blocks over each camera's tokens alone (so a single image
+  can be encoded, :class:`ImageEmbedding`).
+* :class:`LidarEncoder`: points (B, N, F >= 4) ego m + mask (B, N) -> (B, L, D): PointPillars tokens
+  (:mod:`.pillars`) and self-attention blocks.
+* :class:`TokenPool`: the pre-fusion embeddings (B, E) that the contrastive loss aligns and retrieval uses:
+  coarse token grids (``grid``) or token means (``mean``), projected and L2-normalised.
+* :class:`Fusion`: (B, S, T, D) image tokens + (B, L, D) LiDAR tokens -> image tokens (B, S T, D) after a
+  learned camera embedding is added, LiDAR tokens (B, L, D), and the fused embedding (B, E_f) from the
+  pooled tokens of both after the cross-modal blocks. :class:`CrossModalBlock` = two-way cross-attention
+  (image queries LiDAR, LiDAR queries image, both from the block's inputs) and a feed-forward layer per
+  stream, pre-norm residuals; :class:`PairwiseFeedForward` is the ablation without cross-attention
+  (feed-forward only: the streams meet only in the fused head, late fusion).
+
+All attention is ``torch.nn.functional.scaled_dot_product_attention``; everything is TorchScript-compatible.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .patches import patch_embedding
+from .pillars import PillarTokenizer
+
+
+class Attention(nn.Module):
+    """Multi-head attention of ``x`` (B, Tq, D) over ``context`` (B, Tk, D) -> (B, Tq, D)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"token width {dim} must be a multiple of the number of heads {heads}")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        B, Tq, D = x.shape
+        Tk, h = context.shape[1], self.heads
+        q = self.q(x).view(B, Tq, h, D // h).transpose(1, 2)
+        kv = self.kv(context).view(B, Tk, 2, h, D // h).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, kv[0], kv[1])
+        return self.out(o.transpose(1, 2).reshape(B, Tq, D))
+
+
+def feed_forward(dim: int, mlp_ratio: float) -> nn.Sequential:
+    hidden = int(dim * mlp_ratio)
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+class SelfBlock(nn.Module):
+    """Pre-norm transformer block: x + SelfAttn(LN x), then + FFN(LN x)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.ff = feed_forward(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x)
+        x = x + self.attn(y, y)
+        return x + self.ff(x)
+
+
+class CrossModalBlock(nn.Module):
+    """Two-way cross-attention, pre-norm: a' = a + CA(LN a, LN b), b' = b + CA(LN b, LN a) (both from the
+    block's inputs), then a feed-forward layer per stream. (B, Ta, D), (B, Tb, D) -> same shapes."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm_a, self.norm_b = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.a_from_b, self.b_from_a = Attention(dim, heads), Attention(dim, heads)
+        self.ff_a, self.ff_b = feed_forward(dim, mlp_ratio), feed_forward(dim, mlp_ratio)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        na, nb = self.norm_a(a), self.norm_b(b)
+        a, b = a + self.a_from_b(na, nb), b + self.b_from_a(nb, na)
+        return a + self.ff_a(a), b + self.ff_b(b)
+
+
+class PairwiseFeedForward(nn.Module):
+    """The ablation of :class:`CrossModalBlock` without cross-attention: a feed-forward layer per stream."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.ff_a, self.ff_b = feed_forward(dim, mlp_ratio), feed_forward(dim, mlp_ratio)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a + self.ff_a(a), b + self.ff_b(b)
+
+
+class ImageEncoder(nn.Module):
+    """Patch tokenizer (Conv2d patch embedding, :mod:`.patches`, + LayerNorm + positional embedding) and
+    self-attention blocks, one camera image at a time: (N, 3, H, W) float [0, 1] -> (N, T, D),
+    T = (H / patch) (W / patch), row-major."""
+
+    def __init__(self, image_size: tuple[int, int], patch: int, dim: int, depth: int, heads: int, mlp_ratio: float,
+                 stem: str = "conv"):
+        super().__init__()
+        H, W = image_size
+        if H % patch or W % patch:
+            raise ValueError(f"image size {H} x {W} must be a multiple of the patch size {patch}")
+        self.patch = patch_embedding(3, dim, patch, stem)
+        self.token_norm = nn.LayerNorm(dim)
+        self.tokens = (H // patch) * (W // patch)
+        self.pos = nn.Parameter(torch.randn(1, self.tokens, dim) * 0.02)
+        self.blocks = nn.ModuleList([SelfBlock(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.token_norm(self.patch(images - 0.5).flatten(2).transpose(1, 2)) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class LidarEncoder(nn.Module):
+    """PointPillars tokens (:class:`~.pillars.PillarTokenizer`) and self-attention blocks:
+    (points (B, N, F >= 4), mask (B, N)) -> (B, L, D)."""
+
+    def __init__(self, tokenizer: PillarTokenizer, dim: int, depth: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.blocks = nn.ModuleList([SelfBlock(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.tokenizer(points, mask)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class GridCells(nn.Module):
+    """Parameter-free: S token grids (B, S, T = h w, D) -> (B, S D gh gw), each grid average-pooled to (gh, gw)
+    cells (``adaptive_avg_pool2d``) and flattened slot by slot."""
+
+    def __init__(self, grid: tuple[int, int], out_grid: tuple[int, int]):
+        super().__init__()
+        self.h, self.w = int(grid[0]), int(grid[1])
+        self.gh, self.gw = int(out_grid[0]), int(out_grid[1])
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        B, S, D = tokens.shape[0], tokens.shape[1], tokens.shape[3]
+        x = tokens.reshape(B * S, self.h, self.w, D).permute(0, 3, 1, 2)
+        return F.adaptive_avg_pool2d(x, [self.gh, self.gw]).reshape(B, S * D * self.gh * self.gw)
+
+
+class TokenPool(nn.Module):
+    """The pre-fusion embedding of a set of token grids: (B, S, T, D) -> (B, E), L2-normalised.
+
+    ``mean``: the mean over all S T tokens, ``Linear(D, E)`` (the seed's pooling; one slot's embedding lies in
+    the same space). ``grid``: each slot's (h, w) token grid average-pooled to ``out_grid`` cells, every
+    slot's cells concatenated, ``Linear(S gh gw D, E)``: the embedding keeps a coarse layout (what is where in
+    which camera, or where around the ego), as a CNN embedder that flattens its last feature map does.
+
+    Args:
+        grid: (h, w) of each slot's tokens (T = h w, row-major); out_grid: (gh, gw); slots: S; mode: see above.
+    """
+
+    MODES = ("mean", "grid")
+
+    def __init__(self, grid: tuple[int, int], out_grid: tuple[int, int], slots: int, dim: int, embed_dim: int,
+                 mode: str = "grid"):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"pool must be one of {list(self.MODES)}, got {mode!r}")
+        self.cells = GridCells(grid, out_grid)
+        self.slots, self.mean = slots, mode == "mean"
+        self.proj = nn.Linear(dim if self.mean else slots * int(out_grid[0]) * int(out_grid[1]) * dim, embed_dim,
+                              bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens.mean((1, 2)) if self.mean else self.cells(tokens)
+        return F.normalize(self.proj(x), dim=-1)
+
+    def single(self, tokens: torch.Tensor, slot: int) -> torch.Tensor:
+        """One slot's contribution alone: (N, T, D) -> (N, E), L2-normalised (``grid``: that slot's block of
+        the projection; ``mean``: the shared projection)."""
+        if self.mean:
+            return F.normalize(self.proj(tokens.mean(1)), dim=-1)
+        w = self.proj.weight.view(self.proj.weight.shape[0], self.slots, -1)[:, slot]
+        return F.normalize(F.linear(self.cells(tokens[:, None]), w), dim=-1)
+
+
+class Fusion(nn.Module):
+    """Camera embedding, cross-modal blocks and the fused embedding head (see the module docstring).
+
+    Args:
+        cameras: S; dim: D; depth: number of blocks; fused_dim: E_f; cross_attention: False = the ablation.
+        image_cells, lidar_cells: how the head pools the fused tokens (:class:`GridCells`: the same coarse
+            layout as the ``grid`` pre-fusion pooling); None = the mean of each stream's tokens (the seed's).
+    """
+
+    def __init__(self, cameras: int, dim: int, depth: int, heads: int, mlp_ratio: float, fused_dim: int,
+                 cross_attention: bool = True, image_cells: GridCells | None = None,
+                 lidar_cells: GridCells | None = None):
+        super().__init__()
+        self.camera = nn.Parameter(torch.randn(1, cameras, 1, dim) * 0.02)
+        block = CrossModalBlock if cross_attention else PairwiseFeedForward
+        self.blocks = nn.ModuleList([block(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.grid = image_cells is not None and lidar_cells is not None
+        self.image_cells = image_cells if image_cells is not None else GridCells((1, 1), (1, 1))
+        self.lidar_cells = lidar_cells if lidar_cells is not None else GridCells((1, 1), (1, 1))
+        width = (cameras * self.image_cells.gh * self.image_cells.gw + self.lidar_cells.gh * self.lidar_cells.gw) * dim \
+            if self.grid else 2 * dim
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, fused_dim), nn.GELU(),
+                                  nn.Linear(fused_dim, fused_dim))
+
+    def forward(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, S, T, D), (B, L, D) -> (image tokens (B, S T, D), LiDAR tokens (B, L, D), fused (B, E_f))."""
+        a = (image_tokens + self.camera[:, : image_tokens.shape[1]]).flatten(1, 2)
+        b = lidar_tokens
+        for block in self.blocks:
+            a, b = block(a, b)
+        if self.grid:
+            pooled = torch.cat([self.image_cells(a.view(image_tokens.shape)), self.lidar_cells(b[:, None])], 1)
+        else:
+            pooled = torch.cat([a.mean(1), b.mean(1)], 1)
+        return a, b, self.head(pooled)
+
+
+class TokenFusionNet(nn.Module):
+    """The trained model: encoders, contrastive projections (pre-fusion), fusion, matching head.
+
+    ``forward(images (B, S, 3, H, W) [0, 1], points (B, N, F), mask (B, N))`` returns a dict:
+    ``img``, ``lid`` (B, E) L2-normalised pre-fusion embeddings, ``scale`` the exponentiated logit scale,
+    ``img_tokens`` (B, S, T, D) and ``lid_tokens`` (B, L, D) the encoders' tokens, and
+    per ``loss``: ``pre_fusion+fused`` adds ``match_logits`` (3B,) of the matching head on the positive pairs,
+    one hard-negative LiDAR per image and one hard-negative image per scan (ALBEF: negatives drawn from the
+    batch with probability softmax(similarity), the partner excluded; in eval mode the most similar
+    non-partner), and ``match_labels`` (3B,) 1/0; ``fused_only`` adds ``img_fused``, ``lid_fused`` (B, E):
+    the same poolings (:class:`TokenPool`) of the tokens *after* the cross-modal blocks (the seed's objective:
+    each side has seen its partner, so InfoNCE on them is solved without aligning the modalities).
+    """
+
+    LOSSES = ("pre_fusion", "pre_fusion+fused", "fused_only")
+
+    def __init__(self, image: ImageEncoder, lidar: LidarEncoder, fusion: Fusion, img_pool: TokenPool,
+                 lid_pool: TokenPool, fused_dim: int, init_logit_scale: float, loss: str):
+        super().__init__()
+        if loss not in self.LOSSES:
+            raise ValueError(f"loss must be one of {list(self.LOSSES)}, got {loss!r}")
+        self.image, self.lidar, self.fusion = image, lidar, fusion
+        self.img_pool, self.lid_pool = img_pool, lid_pool
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        self.match_head = nn.Linear(fused_dim, 1)
+        self.loss = loss
+        # parts the chosen loss never reaches are frozen: no gradient, no optimizer state, no DDP bucket
+        unused = {"pre_fusion": (self.fusion, self.match_head), "pre_fusion+fused": (),
+                  "fused_only": (self.fusion.head, self.match_head)}[loss]
+        for part in unused:
+            part.requires_grad_(False)
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, S, 3, H, W) -> (B, S, T, D)."""
+        B, S = images.shape[:2]
+        tokens = self.image(images.flatten(0, 1))
+        return tokens.view(B, S, tokens.shape[1], tokens.shape[2])
+
+    def match_logits(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor) -> torch.Tensor:
+        """Matching-head logit of each (image tokens (P, S, T, D), LiDAR tokens (P, L, D)) pair -> (P,)."""
+        return self.match_head(self.fusion(image_tokens, lidar_tokens)[2]).squeeze(1)
+
+    def fused_pair_scores(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor) -> torch.Tensor:
+        """The pair score each loss trains: matching logit, or for ``fused_only`` the cosine of the post-fusion
+        projections (P,); ``pre_fusion`` trains none (its fusion is untouched) and gets zeros."""
+        if self.loss == "fused_only":
+            img, lid = self.post_fusion(image_tokens, lidar_tokens)
+            return (img * lid).sum(1)
+        if self.loss == "pre_fusion+fused":
+            return self.match_logits(image_tokens, lidar_tokens)
+        return image_tokens.new_zeros(image_tokens.shape[0])
+
+    def post_fusion(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pre-fusion poolings applied to the tokens *after* the cross-modal blocks: (B, E), (B, E)."""
+        a, b, _ = self.fusion(image_tokens, lidar_tokens)
+        return self.img_pool(a.view(image_tokens.shape)), self.lid_pool(b[:, None])
+
+    def forward(self, images: torch.Tensor, points: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        it, lt = self.image_tokens(images), self.lidar(points, mask)
+        out = {"img": self.img_pool(it), "lid": self.lid_pool(lt[:, None]), "scale": self.logit_scale.exp(),
+               "img_tokens": it, "lid_tokens": lt}
+        if self.loss == "fused_only":
+            out["img_fused"], out["lid_fused"] = self.post_fusion(it, lt)
+        elif self.loss == "pre_fusion+fused":
+            B = it.shape[0]
+            if B > 1:
+                neg_lid, neg_img = hard_negatives(out["img"].detach(), out["lid"].detach(), sample=self.training)
+                it = torch.cat([it, it, it[neg_img]])
+                lt = torch.cat([lt, lt[neg_lid], lt])
+            out["match_logits"] = self.match_logits(it, lt)
+            out["match_labels"] = (torch.arange(len(it), device=it.device) < B).float()
+        return out
+
+
+def hard_negatives(img: torch.Tensor, lid: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """ALBEF's in-batch hard negatives: for each image a LiDAR scan and for each scan an image, not its partner.
+
+    Args:
+        img, lid: (B >= 2, E) L2-normalised embeddings, row i a pair.
+        sample: draw with probability softmax(cosine / 0.1) over the non-partners (training; uses the global
+            torch RNG); False: take the most similar non-partner (deterministic evaluation).
+
+    Returns:
+        ((B,) int64 LiDAR index per image, (B,) int64 image index per scan).
+    """
+    sim = img.float() @ lid.float().T
+    eye = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
+    sim = sim.masked_fill(eye, float("-inf"))
+    if not sample:
+        return sim.argmax(1), sim.argmax(0)
+    return (torch.multinomial(torch.softmax(sim / 0.1, 1), 1).squeeze(1),
+            torch.multinomial(torch.softmax(sim.T / 0.1, 1), 1).squeeze(1))
+
+
+class ImageEmbedding(nn.Module):
+    """Export ``img_enc``: one camera image at a time, (N, 3, H, W) float [0, 1] -> (N, E) L2-normalised: the
+    image's pre-fusion embedding as camera ``slot`` (:meth:`TokenPool.single`; with ``mean`` pooling the same
+    for every slot)."""
+
+    def __init__(self, image: ImageEncoder, pool: TokenPool, slot: int):
+        super().__init__()
+        self.image, self.pool, self.slot = image, pool, slot
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool.single(self.image(images), self.slot)
+
+
+class LidarEmbedding(nn.Module):
+    """Export ``lidar_enc``: (points (B, N, F >= 4) ego m, mask (B, N) bool or float) -> (B, E) L2-normalised."""
+
+    def __init__(self, lidar: LidarEncoder, pool: TokenPool):
+        super().__init__()
+        self.lidar, self.pool = lidar, pool
+
+    def forward(self, points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.lidar(points, mask)[:, None])
+
+
+class FusedEmbedding(nn.Module):
+    """Export ``fused``: (images (B, S, 3, H, W) [0, 1], points (B, N, F), mask (B, N)) -> (B, E_f), the fused
+    embedding of each sample's cameras and scan (not normalised)."""
+
+    def __init__(self, image: ImageEncoder, lidar: LidarEncoder, fusion: Fusion):
+        super().__init__()
+        self.image, self.lidar, self.fusion = image, lidar, fusion
+
+    def forward(self, images: torch.Tensor, points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, S = images.shape[0], images.shape[1]
+        tokens = self.image(images.flatten(0, 1))
+        tokens = tokens.view(B, S, tokens.shape[1], tokens.shape[2])
+        return self.fusion(tokens, self.lidar(points, mask))[2]

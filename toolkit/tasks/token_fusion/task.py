@@ -1,0 +1,389 @@
+"""Task ``token_fusion``: image patch tokens + LiDAR pillar tokens, cross-attention fusion, contrastive alignment.
+
+Data: multi-sensor shards (``python -m shards nuscenes``, :mod:`toolkit.data.multisensor`), decoded by
+:class:`~toolkit.data.multisensor.MultiSensorDecoder` with ``task.sample`` (six images resized, optional
+Simple-BEV jitter; up to ``sample.max_points`` LiDAR points; no BEV targets).
+
+Model (:mod:`.model`, :mod:`.pillars`, :mod:`.patches`): per-camera ViT-style image encoder, PointPillars LiDAR
+tokens and encoder (conv-stem patch embeddings by default, ``task.stem``), pre-fusion embeddings of coarse
+token grids (``task.pool: grid``; ``mean`` = the seed's mean pooling), two-way cross-attention blocks
+(``task.cross_attention: false`` = feed-forward only, the ablation), a fused embedding head and a matching
+head. Training augmentation: the Simple-BEV image jitter (``sample.augment``), a whole-sample left-right
+mirror (``task.mirror``) and a per-sample colour jitter (``task.colour_jitter``). A small
+``data.shuffle_buffer`` keeps runs of keyframes of the same scenes in a batch: the contrastive negatives are
+then mostly keyframes of the same street, which only geometry tells apart.
+
+Loss (``task.loss``):
+
+* ``pre_fusion``: symmetric InfoNCE (CLIP; :func:`toolkit.tasks.cilp.loss.clip_loss`: gathered over ranks
+  with gradients, local loss, learnable temperature clamped to ln 100) between the pooled, projected image
+  tokens (six cameras) and LiDAR tokens *before* fusion (``train/contrastive``);
+* ``pre_fusion+fused`` (default): plus ``match_weight`` x binary cross-entropy of the matching head on the
+  fused embedding of the true pairs and of in-batch hard negatives (ALBEF's image-text matching,
+  ``train/match``; negatives drawn by similarity from this rank's batch);
+* ``fused_only``: the seed's objective, InfoNCE between the same projections of the tokens *after* fusion
+  (``train/contrastive_fused``): each side has attended to its partner, so the loss falls towards 0 while the
+  pre-fusion embeddings stay unaligned (logged: ``train/contrastive_pre_fusion``, never trained).
+
+Metrics over the held-out set (gathered features, as :mod:`toolkit.tasks.cilp.contrastive`):
+``i2l_recall@k``/``l2i_recall@k`` (k = 1, 5, 10) of the pre-fusion embeddings over all N pairs, ``chance@k``
+= 100 k / N beside them; with ``rerank_k`` > 0 and a loss that trains a pair score, ``i2l_rerank_recall@k``/
+``l2i_rerank_recall@k``: each query's ``rerank_k`` nearest candidates re-ordered by the fused pair score
+(ALBEF's retrieval; matching logit, or for ``fused_only`` the post-fusion cosine). Also the validation
+losses, within-batch top-1 (``retrieval_i2l``/``retrieval_l2i``) and the matching accuracy.
+
+Re-ranking needs the model after the last batch: :meth:`TokenFusionTask.evaluate_batch` keeps a reference to
+the module it was given and :meth:`~TokenFusionTask.metrics` runs its fusion on the gathered tokens (no
+collective; every rank computes the same). Features then hold every sample's tokens: N (S T + L) D 4 bytes
+(the tiny preset's 80 held-out samples: 80 x (396 + 64) x 64 x 4 B = 9.4 MB); set ``rerank_k: 0`` for large
+validation sets.
+
+Exports (TorchScript, one tensor each): ``img_enc`` (N, 3, H, W) float [0, 1] -> (N, E) L2-normalised, one
+camera image at a time in the ``task.export_camera`` slot (what ``python -m toolkit.embed`` uses); ``lidar_enc`` (points (B, N, F), mask (B, N)) ->
+(B, E); ``fused`` (images (B, S, 3, H, W), points, mask) -> (B, E_f).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolkit.bev.grid import BEVGrid
+from toolkit.data.multisensor import SHARD_KEYS, MultiSensorConfig, MultiSensorDecoder
+from toolkit.datasets.nuscenes import CAMERAS
+from toolkit.tasks.base import EvalOutput, StepOutput, Task
+from toolkit.tasks.cilp.loss import clip_loss
+from toolkit.tasks.common.retrieval import recall_at_k
+
+from .model import (Fusion, FusedEmbedding, ImageEmbedding, ImageEncoder, LidarEmbedding, LidarEncoder,
+                    GridCells, TokenFusionNet, TokenPool)
+from .patches import STEMS
+from .pillars import PillarTokenizer
+from .rerank import rerank_recall
+
+KS = (1, 5, 10)
+
+
+def _tiny_sample() -> MultiSensorConfig:
+    return MultiSensorConfig(image_height=96, image_width=176, augment=False, max_points=8192, targets=False)
+
+
+@dataclass
+class PillarConfig:
+    """The PointPillars grid and caps (:mod:`.pillars`).
+
+    Attributes:
+        x_bounds, y_bounds, z_bounds: extent in the keyframe ego frame, m (points outside are dropped).
+        resolution: pillar side, m (PointPillars KITTI 0.16, mmdet3d nuScenes 0.25).
+        max_points_per_pillar: N (PointPillars 100, mmdet3d nuScenes 64); max_pillars: P per sample (12000).
+        channels: PFN width C (64); patch: pseudo-image cells per token side.
+    """
+
+    x_bounds: list[float] = field(default_factory=lambda: [-32.0, 32.0])
+    y_bounds: list[float] = field(default_factory=lambda: [-32.0, 32.0])
+    z_bounds: list[float] = field(default_factory=lambda: [-3.0, 5.0])
+    resolution: float = 1.0
+    max_points_per_pillar: int = 32
+    max_pillars: int = 4096
+    channels: int = 32
+    patch: int = 8
+
+    def grid(self) -> BEVGrid:
+        return BEVGrid(tuple(self.x_bounds), tuple(self.y_bounds), self.resolution, tuple(self.z_bounds), 1)
+
+
+@dataclass
+class TokenFusionConfig:
+    """``task:`` section of a ``token_fusion`` run (defaults: the CPU preset, ``configs/fusion_tokens/tiny.yaml``).
+
+    Attributes:
+        loss: ``pre_fusion``, ``pre_fusion+fused`` or ``fused_only`` (module docstring).
+        cross_attention: two-way cross-attention in the fusion blocks (false: feed-forward only, the ablation).
+        dim, heads, mlp_ratio: token width, attention heads, feed-forward width / dim.
+        image_patch: image pixels per token side; stem: the patch embeddings of images and pillar pseudo-images,
+            ``conv`` (stride-2 convolutions) or ``linear`` (one convolution per patch, the seed's; :mod:`.patches`);
+        image_depth, lidar_depth, fusion_depth: blocks per stage.
+        embed_dim: contrastive embedding width E; fused_dim: fused embedding width E_f.
+        pool: pre-fusion pooling (:class:`~.model.TokenPool`): ``grid`` (each camera's token grid pooled to
+            ``image_pool_grid`` cells, the LiDAR token grid to ``lidar_pool_grid``, concatenated, projected) or
+            ``mean`` (the mean of all tokens, projected). export_camera: the camera slot of ``img_enc`` (grid).
+        init_logit_scale, max_logit_scale: CLIP's ln(1/0.07) and clamp ln(100).
+        match_weight: factor on the matching loss (``pre_fusion+fused``).
+        rerank_k: candidates re-ranked by the fused pair score in validation (0 = no re-ranking).
+        mirror: training augmentation: with probability 1/2 mirror the whole sample left-right (ego y -> -y:
+            every image flipped horizontally, left and right cameras swapped, LiDAR y negated), a symmetry of
+            the nuScenes rig up to its few-cm mounting asymmetry.
+        colour_jitter: training augmentation of strength ``s`` (0 = off): one brightness, contrast and per-channel
+            gain factor per sample, each from U(1 - s, 1 + s), applied to all six images alike (a scene's
+            colours then stop identifying it, so matching has to rest on geometry).
+        pillars: :class:`PillarConfig`; sample: the multi-sensor decode (``targets`` is ignored: never computed).
+    """
+
+    name: str = "token_fusion"
+    loss: str = "pre_fusion+fused"
+    cross_attention: bool = True
+    dim: int = 64
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    image_patch: int = 16
+    stem: str = "conv"
+    image_depth: int = 2
+    lidar_depth: int = 2
+    fusion_depth: int = 2
+    embed_dim: int = 128
+    fused_dim: int = 128
+    pool: str = "grid"
+    image_pool_grid: list[int] = field(default_factory=lambda: [2, 3])
+    lidar_pool_grid: list[int] = field(default_factory=lambda: [4, 4])
+    export_camera: str = "CAM_FRONT"
+    init_logit_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = math.log(100.0)
+    match_weight: float = 1.0
+    rerank_k: int = 10
+    mirror: bool = True
+    colour_jitter: float = 0.0
+    pillars: PillarConfig = field(default_factory=PillarConfig)
+    sample: MultiSensorConfig = field(default_factory=_tiny_sample)
+
+    def validate(self) -> None:
+        if self.loss not in TokenFusionNet.LOSSES:
+            raise ValueError(f"task.loss must be one of {list(TokenFusionNet.LOSSES)}, got {self.loss!r}")
+        for name in ("dim", "heads", "image_patch", "embed_dim", "fused_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"task.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("image_depth", "lidar_depth", "fusion_depth", "rerank_k"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"task.{name} must be >= 0, got {getattr(self, name)}")
+        if self.pool not in TokenPool.MODES:
+            raise ValueError(f"task.pool must be one of {list(TokenPool.MODES)}, got {self.pool!r}")
+        if self.export_camera not in CAMERAS:
+            raise ValueError(f"task.export_camera must be one of {list(CAMERAS)}, got {self.export_camera!r}")
+        for name in ("image_pool_grid", "lidar_pool_grid"):
+            if len(getattr(self, name)) != 2 or min(getattr(self, name)) < 1:
+                raise ValueError(f"task.{name} must be [rows, cols] >= 1, got {getattr(self, name)}")
+        if self.stem not in STEMS:
+            raise ValueError(f"task.stem must be one of {list(STEMS)}, got {self.stem!r}")
+        for name, patch in (("task.image_patch", self.image_patch), ("task.pillars.patch", self.pillars.patch)):
+            if self.stem == "conv" and (patch < 2 or patch & (patch - 1)):
+                raise ValueError(f"{name} must be a power of 2 >= 2 with task.stem=conv, got {patch}")
+        if self.dim % self.heads:
+            raise ValueError(f"task.dim ({self.dim}) must be a multiple of task.heads ({self.heads})")
+        if self.loss == "pre_fusion+fused" and self.fusion_depth == 0 and self.cross_attention:
+            raise ValueError("task.fusion_depth must be >= 1 for cross-attention")
+        s = self.sample
+        if not s.image_height or s.image_height % self.image_patch or s.image_width % self.image_patch:
+            raise ValueError(f"task.sample.image_height/image_width ({s.image_height} x {s.image_width}) must be "
+                             f"multiples of task.image_patch ({self.image_patch})")
+        if s.max_points < 1:
+            raise ValueError("task.sample.max_points must be > 0: the LiDAR tokens need points")
+        try:
+            s.validate()
+        except ValueError as exc:
+            raise ValueError(f"task.sample: {exc}") from exc
+        p = self.pillars
+        try:
+            rows, cols = p.grid().shape
+        except ValueError as exc:
+            raise ValueError(f"task.pillars: {exc}") from exc
+        for name in ("max_points_per_pillar", "max_pillars", "channels", "patch"):
+            if getattr(p, name) < 1:
+                raise ValueError(f"task.pillars.{name} must be >= 1, got {getattr(p, name)}")
+        if rows % p.patch or cols % p.patch:
+            raise ValueError(f"task.pillars grid is {rows} x {cols} cells; both must be multiples of "
+                             f"task.pillars.patch ({p.patch})")
+
+
+#: camera order after a left-right mirror (CAMERAS = FL, F, FR, BL, B, BR -> FR, F, FL, BR, B, BL)
+MIRRORED_CAMERAS = [CAMERAS.index(c.replace("LEFT", "@").replace("RIGHT", "LEFT").replace("@", "RIGHT"))
+                    for c in CAMERAS]
+
+
+def mirror_sample(example: dict) -> dict:
+    """A decoded example mirrored left-right: images (S, 3, H, W) flipped along W and their cameras
+    swapped left <-> right, points' ego y negated (padding rows stay zero)."""
+    points = example["points"].copy()
+    points[:, 1] *= -1
+    return {**example, "images": np.ascontiguousarray(example["images"][MIRRORED_CAMERAS, :, :, ::-1]),
+            "points": points}
+
+
+def colour_jitter(images: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """(S, 3, H, W) uint8 -> the same with one brightness, contrast and RGB gain draw (U(1 - s, 1 + s) each)
+    for all cameras of the sample; contrast about the sample's mean grey."""
+    lo, hi = 1.0 - strength, 1.0 + strength
+    x = images.astype(np.float32)
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(lo, hi) + mean
+    x = x * rng.uniform(lo, hi) * rng.uniform(lo, hi, size=(1, 3, 1, 1)).astype(np.float32)
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+class TokenFusionTask(Task):
+    """See module docstring."""
+
+    name = "token_fusion"
+    Config = TokenFusionConfig
+    shard_keys = SHARD_KEYS
+
+    def __init__(self, cfg: TokenFusionConfig):
+        super().__init__(cfg)
+        sample = dataclasses.replace(cfg.sample, image_dtype="uint8", targets=False)
+        self._train = MultiSensorDecoder(sample)
+        self._eval = MultiSensorDecoder(dataclasses.replace(sample, augment=False))
+        self._scorer: TokenFusionNet | None = None  # the module of the latest evaluate_batch (re-ranking)
+
+    # --- model --------------------------------------------------------------------------------
+    def build_model(self) -> TokenFusionNet:
+        c, p = self.cfg, self.cfg.pillars
+        image = ImageEncoder((c.sample.image_height, c.sample.image_width), c.image_patch, c.dim, c.image_depth,
+                             c.heads, c.mlp_ratio, c.stem)
+        pillars = PillarTokenizer(p.x_bounds, p.y_bounds, p.z_bounds, p.resolution, p.max_points_per_pillar,
+                                  p.max_pillars, p.channels, p.patch, c.dim, c.stem)
+        lidar = LidarEncoder(pillars, c.dim, c.lidar_depth, c.heads, c.mlp_ratio)
+        img_grid = (c.sample.image_height // c.image_patch, c.sample.image_width // c.image_patch)
+        rows, cols = p.grid().shape
+        lid_grid = (rows // p.patch, cols // p.patch)
+        img_pool = TokenPool(img_grid, c.image_pool_grid, 6, c.dim, c.embed_dim, c.pool)
+        lid_pool = TokenPool(lid_grid, c.lidar_pool_grid, 1, c.dim, c.embed_dim, c.pool)
+        cells = ((GridCells(img_grid, c.image_pool_grid), GridCells(lid_grid, c.lidar_pool_grid)) if c.pool == "grid"
+                 else (None, None))
+        fusion = Fusion(6, c.dim, c.fusion_depth, c.heads, c.mlp_ratio, c.fused_dim, c.cross_attention, *cells)
+        return TokenFusionNet(image, lidar, fusion, img_pool, lid_pool, c.fused_dim, c.init_logit_scale, c.loss)
+
+    # --- data ---------------------------------------------------------------------------------
+    @staticmethod
+    def _keep(sample: dict) -> dict:
+        return {k: sample[k] for k in ("images", "points", "points_mask")}
+
+    def decode_train(self, sample: dict, rng: np.random.Generator) -> dict:
+        out = self._keep(self._train(sample, rng))
+        if self.cfg.mirror and rng.random() < 0.5:
+            out = mirror_sample(out)
+        if self.cfg.colour_jitter:
+            out["images"] = colour_jitter(out["images"], self.cfg.colour_jitter, rng)
+        return out
+
+    def decode_eval(self, sample: dict, rng: np.random.Generator) -> dict:
+        return self._keep(self._eval(sample, rng))
+
+    @staticmethod
+    def _inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return batch["images"].float() / 255.0, batch["points"].float(), batch["points_mask"].float()
+
+    # --- training -------------------------------------------------------------------------------
+    def _terms(self, out: dict, gather: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(loss terms, logged values) of a forward's outputs (see the module docstring)."""
+        scale = out["scale"].float()
+        terms, logs = {}, {"logit_scale": out["scale"].detach()}
+        if self.cfg.loss == "fused_only":
+            terms["contrastive_fused"] = clip_loss(out["img_fused"].float(), out["lid_fused"].float(), scale, gather)
+            with torch.no_grad():
+                logs["contrastive_pre_fusion"] = clip_loss(out["img"].float(), out["lid"].float(), scale, gather=False)
+        else:
+            terms["contrastive"] = clip_loss(out["img"].float(), out["lid"].float(), scale, gather)
+        if self.cfg.loss == "pre_fusion+fused":
+            logits, labels = out["match_logits"].float(), out["match_labels"]
+            terms["match"] = self.cfg.match_weight * F.binary_cross_entropy_with_logits(logits, labels)
+            logs["match_accuracy"] = ((logits > 0).float() == labels).float().mean().detach()
+        return terms, logs
+
+    def losses(self, model: nn.Module, batch: dict) -> StepOutput:
+        terms, logs = self._terms(model(*self._inputs(batch)), gather=True)
+        return StepOutput(terms, logs)
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0.0, self.cfg.max_logit_scale)
+
+    # --- evaluation -------------------------------------------------------------------------------
+    def _reranks(self) -> bool:
+        return self.cfg.rerank_k > 0 and self.cfg.loss != "pre_fusion"
+
+    def evaluate_batch(self, model: nn.Module, batch: dict) -> EvalOutput:
+        out = model(*self._inputs(batch))
+        terms, logs = self._terms(out, gather=False)
+        img, lid = out["img"].float(), out["lid"].float()
+        n = len(img)
+        sim = img @ lid.T
+        target = torch.arange(n, device=img.device)
+        sums = {f"{k}_sum": v.double() * n for k, v in terms.items()}
+        sums.update(count=torch.tensor(float(n), dtype=torch.float64),
+                    i2l_correct=(sim.argmax(1) == target).sum().double(),
+                    l2i_correct=(sim.argmax(0) == target).sum().double())
+        if "match_logits" in out:
+            pairs = len(out["match_logits"])
+            sums["match_correct"] = logs["match_accuracy"].double() * pairs
+            sums["match_pairs"] = torch.tensor(float(pairs), dtype=torch.float64)
+        if "contrastive_pre_fusion" in logs:
+            sums["contrastive_pre_fusion_sum"] = logs["contrastive_pre_fusion"].double() * n
+        features = {"img": img, "lid": lid}
+        if self._reranks():
+            features.update(img_tokens=out["img_tokens"], lid_tokens=out["lid_tokens"])
+            self._scorer = model
+        return EvalOutput(sums=sums, features=features)
+
+    def metrics(self, sums: dict[str, float], features: dict[str, torch.Tensor]) -> dict[str, float]:
+        n = max(sums.get("count", 0.0), 1.0)
+        out = {k[:-4]: v / n for k, v in sums.items() if k.endswith("_sum")}
+        out.update(retrieval_i2l=100.0 * sums.get("i2l_correct", 0.0) / n,
+                   retrieval_l2i=100.0 * sums.get("l2i_correct", 0.0) / n)
+        if sums.get("match_pairs"):
+            out["match_accuracy"] = 100.0 * sums["match_correct"] / sums["match_pairs"]
+        if "img" in features:
+            img, lid = features["img"], features["lid"]
+            N = len(img)
+            for name, (query, gallery) in (("i2l", (img, lid)), ("l2i", (lid, img))):
+                out.update({f"{name}_recall@{k}": v for k, v in recall_at_k(query, gallery, KS).items()})
+            out.update({f"chance@{k}": 100.0 * min(k, N) / N for k in KS})
+            out["retrieval_pairs"] = float(N)
+            if "img_tokens" in features and self._scorer is not None:
+                out.update(rerank_recall(self._scorer, img, lid, features["img_tokens"], features["lid_tokens"],
+                                         self.cfg.rerank_k, KS))
+        return out
+
+    def visuals(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        from toolkit.tasks.bev.visuals import camera_grid
+        from toolkit.tasks.cilp.visuals import similarity_image
+
+        images, points, mask = self._inputs(batch)
+        out = model(images, points, mask)
+        bev = model.lidar.tokenizer.pseudo_image(points[:1], mask[:1])[0].amax(0)
+        bev = (bev / (bev.max() + 1e-6)).flip(0, 1).cpu()  # forward up, left on the left (toolkit.bev.grid)
+        return {"similarity": similarity_image(out["scale"] * out["img"] @ out["lid"].T),
+                "cameras": camera_grid(images[0]), "pillars": bev.expand(3, *bev.shape).clone()}
+
+    # --- export ---------------------------------------------------------------------------------
+    def exports(self, model: nn.Module) -> dict[str, nn.Module]:
+        return {"img_enc": ImageEmbedding(model.image, model.img_pool, CAMERAS.index(self.cfg.export_camera)),
+                "lidar_enc": LidarEmbedding(model.lidar, model.lid_pool),
+                "fused": FusedEmbedding(model.image, model.lidar, model.fusion)}
+
+    def export_inputs(self, batch: dict) -> dict[str, tuple[torch.Tensor, ...]]:
+        images, points, mask = self._inputs(batch)
+        return {"img_enc": (images.flatten(0, 1),), "lidar_enc": (points, mask), "fused": (images, points, mask)}
+
+    def info(self, model: nn.Module) -> dict[str, float]:
+        rows, cols = self.cfg.pillars.grid().shape
+        return {"parameters": float(sum(p.numel() for p in model.parameters())),
+                "trainable_parameters": float(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+                "image_tokens": float(6 * model.image.tokens), "lidar_tokens": float(model.lidar.tokenizer.tokens),
+                "pillar_rows": float(rows), "pillar_cols": float(cols)}
+
+    @classmethod
+    def title(cls, task_cfg: dict) -> str:
+        cross = "" if task_cfg.get("cross_attention", True) else ", no cross-attention"
+        return f"Token fusion ({task_cfg.get('loss', 'pre_fusion+fused')}{cross})"
+
+    # --- contract test ----------------------------------------------------------------------------
+    @classmethod
+    def example(cls, workdir: Path, rng: np.random.Generator) -> tuple[dict, list[dict]]:
+        from .example import TINY, example_samples
+
+        return dict(TINY), example_samples(workdir, rng)

@@ -1,0 +1,150 @@
+"""The token_fusion task: the 9 PointPillars features on a hand-made cloud, the caps, the mirror augmentation,
+a 2-rank torchrun run, and the fused-only (seed) loss and the no-cross-attention ablation in the engine."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from conftest import run_cli
+from toolkit.tasks.token_fusion.example import TINY, example_samples
+from toolkit.tasks.token_fusion.pillars import PILLAR_FEATURES, PillarTokenizer, pillar_assign, pillar_point_features
+
+BOUNDS = [-2.0, 2.0, -2.0, 2.0, -1.0, 3.0]  # a 4 x 4 grid of 1 m pillars, z in [-1, 3)
+
+
+def test_pillar_points_get_the_nine_documented_features():
+    # (x, y, z, intensity, ring): two points in pillar (row 2, col 2) (centre (0.5, 0.5)), one in (row 0, col 3)
+    # (centre (-1.5, 1.5)), one outside x, one above z_max, one masked out
+    pts = torch.tensor([[[0.2, 0.3, 1.0, 10.0, 0.0], [0.6, 0.9, 2.0, 20.0, 1.0], [-1.8, 1.1, 0.0, 5.0, 2.0],
+                         [2.5, 0.0, 0.0, 1.0, 3.0], [0.1, 0.1, 3.5, 1.0, 4.0], [0.4, 0.4, 0.0, 7.0, 5.0]]])
+    mask = torch.tensor([[1.0, 1, 1, 1, 1, 0]])
+    index, pillar = pillar_assign(pts, mask, BOUNDS, 1.0, 4, 4, max_points_per_pillar=8, max_pillars=16)
+    assert index.tolist() == [0, 1, 2]
+    assert pillar.tolist() == [2 * 4 + 2, 2 * 4 + 2, 0 * 4 + 3]
+    feats = pillar_point_features(pts[0][index], pillar, BOUNDS, 1.0, 4, 4, 16)
+    assert PILLAR_FEATURES == ("x", "y", "z", "intensity", "dx_mean", "dy_mean", "dz_mean", "dx_centre", "dy_centre")
+    expected = torch.tensor([
+        # x,   y,   z,   r,    x - mean (0.4, 0.6, 1.5),  x - centre
+        [0.2, 0.3, 1.0, 10.0, -0.2, -0.3, -0.5, -0.3, -0.2],
+        [0.6, 0.9, 2.0, 20.0, 0.2, 0.3, 0.5, 0.1, 0.4],
+        [-1.8, 1.1, 0.0, 5.0, 0.0, 0.0, 0.0, -0.3, -0.4],  # alone in its pillar: mean = itself
+    ])
+    torch.testing.assert_close(feats, expected, atol=1e-6, rtol=0)
+
+    # the pseudo-image holds, per pillar, the max over its points of ReLU(BN(Linear(features))), zeros elsewhere
+    tok = PillarTokenizer(BOUNDS[:2], BOUNDS[2:4], BOUNDS[4:], 1.0, 8, 16, channels=5, patch=2, dim=4).eval()
+    with torch.no_grad():
+        image = tok.pseudo_image(pts, mask)[0]
+        per_point = torch.relu(tok.norm(tok.linear(expected)))
+    assert image.shape == (5, 4, 4)
+    torch.testing.assert_close(image[:, 2, 2], per_point[:2].max(0).values)
+    torch.testing.assert_close(image[:, 0, 3], per_point[2])
+    occupied = torch.zeros(4, 4, dtype=torch.bool)
+    occupied[2, 2] = occupied[0, 3] = True
+    assert image[:, ~occupied].abs().max() == 0
+
+
+def test_pillar_caps_keep_the_first_points_and_the_densest_pillars():
+    # pillar A (row 1, col 1): 3 points; pillar B (row 3, col 0): 2 points; pillar C (row 0, col 0): 1 point
+    xy = [(-0.5, -0.5), (-0.4, -0.6), (-0.3, -0.2), (1.5, -1.5), (1.2, -1.9), (-1.5, -1.5)]
+    pts = torch.tensor([[[x, y, 0.0, 1.0] for x, y in xy]])
+    mask = torch.ones(1, 6)
+    index, pillar = pillar_assign(pts, mask, BOUNDS, 1.0, 4, 4, max_points_per_pillar=2, max_pillars=2)
+    assert sorted(index.tolist()) == [0, 1, 3, 4]  # A's third point over the cap, C the sparsest pillar
+    assert sorted(set(pillar.tolist())) == [1 * 4 + 1, 3 * 4 + 0]
+    # a batch of two samples: pillar ids are per sample, caps per sample
+    index, pillar = pillar_assign(torch.cat([pts, pts]), torch.ones(2, 6), BOUNDS, 1.0, 4, 4, 2, 2)
+    assert sorted(index.tolist()) == [0, 1, 3, 4, 6, 7, 9, 10]
+    assert sorted(set(pillar.tolist())) == [5, 12, 16 + 5, 16 + 12]
+
+
+def test_mirror_swaps_left_and_right_cameras_and_negates_y():
+    from toolkit.config import load_config
+    from toolkit.tasks import build_task
+    from toolkit.tasks.token_fusion.task import mirror_sample
+
+    over = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TINY.items()]
+    task = build_task(load_config(None, ["task.name=token_fusion", *over]).task)
+    images = np.random.default_rng(0).integers(0, 255, (6, 3, 4, 5), dtype=np.uint8)
+    points = np.array([[1.0, 2.0, 0.5, 9.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]], np.float32)
+    ex = {"images": images, "points": points, "points_mask": np.array([True, False])}
+    m = mirror_sample(ex)
+    # CAMERAS = FL, F, FR, BL, B, BR: mirrored slot 0 (FL) holds the flipped FR image, slot 1 the flipped front
+    assert np.array_equal(m["images"][0], images[2, :, :, ::-1]) and np.array_equal(m["images"][1], images[1, :, :, ::-1])
+    assert np.array_equal(m["images"][3], images[5, :, :, ::-1])
+    assert m["points"][0].tolist() == [1.0, -2.0, 0.5, 9.0, 0.0] and not m["points"][1].any()
+    back = mirror_sample(m)
+    assert np.array_equal(back["images"], images) and np.array_equal(back["points"], points)
+    assert task.cfg.mirror
+
+
+def _example_shard(tmp_path, n=4):
+    shard = tmp_path / "tf-000000.tar"
+    with wds.TarWriter(str(shard)) as sink:
+        for sample in example_samples(tmp_path / "images", np.random.default_rng(0), n=n):
+            sink.write(sample)
+    return shard
+
+
+def _overrides(shard, run, **extra):
+    over = {"task.name": "token_fusion",
+            **{f"task.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in TINY.items()},
+            "data.train": shard, "data.val": shard, "data.batch_size": 2, "data.num_workers": 0,
+            "data.shuffle_buffer": 2, "train.max_steps": 4, "checkpoint.every": 4, "eval.every": 4, "log.every": 1,
+            "log.image_every": 0, "log.progress": False, "optim.warmup_steps": 1, "run.dir": run, **extra}
+    return [f"{k}={v}" for k, v in over.items()]
+
+
+@pytest.mark.slow
+def test_token_fusion_trains_under_torchrun_with_two_ranks(tmp_path):
+    run = tmp_path / "run"
+    res = run_cli(["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "toolkit.train",
+                   *_overrides(_example_shard(tmp_path), run)], timeout=600, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 4
+    ev = summary["last_eval"]
+    # whole-set retrieval over the 4 samples gathered from both ranks, chance k / N beside it
+    assert ev["val/retrieval_pairs"] == 4 and ev["val/chance@1"] == 25.0 and ev["val/chance@10"] == 100.0
+    for key in ("i2l_recall@1", "l2i_recall@5", "i2l_rerank_recall@1", "l2i_rerank_recall@10", "contrastive",
+                "match", "match_accuracy"):
+        assert f"val/{key}" in ev, key
+    logged = set().union(*[json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()])
+    assert {"train/contrastive", "train/match", "train/logit_scale", "train/match_accuracy"} <= logged
+    for suffix in ("img_enc", "lidar_enc", "fused"):
+        assert (run / "checkpoints" / f"iter_000000004_{suffix}.jit").exists(), suffix
+
+
+@pytest.mark.parametrize("extra", [{"task.loss": "fused_only"}, {"task.cross_attention": "false"}],
+                         ids=["fused_only", "no_cross_attention"])
+def test_fused_only_loss_and_the_ablation_train_in_the_engine(tmp_path, extra):
+    from toolkit.config import load_config
+    from toolkit.engine.checkpoint import load_trained_model
+    from toolkit.engine.trainer import Trainer
+    from toolkit.tasks.token_fusion.model import CrossModalBlock, PairwiseFeedForward
+
+    run = tmp_path / "run"
+    cfg = load_config(None, _overrides(_example_shard(tmp_path, n=3), run, **{"train.max_steps": 2,
+                                                                                 "checkpoint.every": 2,
+                                                                                 "eval.every": 2, **extra}))
+    summary = Trainer(cfg).fit()
+    assert summary["status"] == "finished" and summary["step"] == 2
+    ev = summary["last_eval"]
+    logged = set().union(*[json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()])
+    net = load_trained_model(run, "model").model
+    if extra.get("task.loss") == "fused_only":
+        # the seed's objective: InfoNCE after fusion; the pre-fusion value is only logged; the parts it never
+        # reaches are frozen (no gradient, not in the optimizer)
+        assert {"train/contrastive_fused", "train/contrastive_pre_fusion"} <= logged and "train/contrastive" not in logged
+        assert "val/contrastive_fused" in ev and "val/i2l_rerank_recall@1" in ev
+        assert not any(p.requires_grad for p in net.match_head.parameters())
+        assert not any(p.requires_grad for p in net.fusion.head.parameters())
+        assert all(isinstance(b, CrossModalBlock) for b in net.fusion.blocks)
+    else:
+        assert {"train/contrastive", "train/match"} <= logged
+        assert all(isinstance(b, PairwiseFeedForward) for b in net.fusion.blocks)
+        assert not any("a_from_b" in name for name, _ in net.named_parameters())
+    assert ev["val/retrieval_pairs"] == 3 and "val/i2l_recall@1" in ev
