@@ -227,7 +227,8 @@ def clustered_embeddings(n: int, dim: int, clusters: int = 100, subspace: int = 
 
 def bench_index(n: int = 100_000, dim: int = 256, queries: int = 1000, k: int = 10, threads: int = 0,
                 target: float = 0.95) -> dict:
-    """Recall@k of HNSW and IVF-PQ against exact (Flat) search, with build time, queries/s, bytes per vector.
+    """Recall@k of HNSW, IVF-PQ and IVF-PQ + IndexRefineFlat against exact (Flat) search, with build time,
+    queries/s and bytes per vector.
 
     Database: :func:`clustered_embeddings` (``n`` x ``dim``), queries: ``queries`` more points of the same
     mixture (not in the database). Recall@k = |approximate top k  intersect  exact top k| / k, averaged over the
@@ -263,7 +264,9 @@ def bench_index(n: int = 100_000, dim: int = 256, queries: int = 1000, k: int = 
 
     m = max(d for d in range(1, min(64, dim // 4) + 1) if dim % d == 0)
     candidates = {"hnsw": (IndexParams("hnsw", M=32, ef_construction=40), "ef_search", (16, 32, 64, 128, 256)),
-                  "ivfpq": (IndexParams("ivfpq", nlist=256, m=m, nbits=8, refine=8), "nprobe", (4, 8, 16, 32, 64))}
+                  "ivfpq": (IndexParams("ivfpq", nlist=256, m=m, nbits=8), "nprobe", (4, 8, 16, 32, 64)),
+                  "ivfpq_refine": (IndexParams("ivfpq", nlist=256, m=m, nbits=8, refine=8), "nprobe",
+                                   (4, 8, 16, 32, 64))}
     for name, (params, knob, values) in candidates.items():
         index, build_s = timed(lambda: build_index(base, params))
         sweep = []
@@ -276,7 +279,8 @@ def bench_index(n: int = 100_000, dim: int = 256, queries: int = 1000, k: int = 
                 break
         v, r, qps = next((s for s in sweep if s[1] >= target), max(sweep, key=lambda s: s[1]))
         out.update({f"{name}_params": (f"M=32 efConstruction=40 efSearch={v}" if name == "hnsw" else
-                                       f"nlist=256 m={m} nbits=8 nprobe={v} refine(IndexRefineFlat)=8"),
+                                       f"nlist=256 m={m} nbits=8 nprobe={v}"
+                                       + (" refine(IndexRefineFlat k_factor)=8" if params.refine else "")),
                     f"{name}_recall@{k}": round(r, 4), f"{name}_build_s": round(build_s, 2), f"{name}_qps": round(qps),
                     f"{name}_bytes_per_vector": round(bytes_per_vector(index, n), 1),
                     f"{name}_sweep": [[s[0], round(s[1], 4), round(s[2])] for s in sweep]})

@@ -72,7 +72,7 @@ KS = (1, 5, 10)
 
 
 def _tiny_sample() -> MultiSensorConfig:
-    return MultiSensorConfig(image_height=96, image_width=176, augment=False, max_points=8192, targets=False)
+    return MultiSensorConfig(image_height=96, image_width=176, augment=True, max_points=2048, targets=False)
 
 
 @dataclass
@@ -90,7 +90,7 @@ class PillarConfig:
     y_bounds: list[float] = field(default_factory=lambda: [-32.0, 32.0])
     z_bounds: list[float] = field(default_factory=lambda: [-3.0, 5.0])
     resolution: float = 1.0
-    max_points_per_pillar: int = 32
+    max_points_per_pillar: int = 16
     max_pillars: int = 4096
     channels: int = 32
     patch: int = 8
@@ -148,7 +148,7 @@ class TokenFusionConfig:
     match_weight: float = 1.0
     rerank_k: int = 10
     mirror: bool = True
-    colour_jitter: float = 0.0
+    colour_jitter: float = 0.3
     pillars: PillarConfig = field(default_factory=PillarConfig)
     sample: MultiSensorConfig = field(default_factory=_tiny_sample)
 
