@@ -6,6 +6,12 @@ The distributed environment comes from SLURM's variables through
 ``submitit.helpers.TorchDistributedEnvironment`` (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK); each
 task then uses CUDA device ``LOCAL_RANK`` (CUDA_VISIBLE_DEVICES is left alone).
 
+Across nodes (:func:`export_multinode_env`): submitit's MASTER_ADDR is the first node's *name*; where that
+name does not resolve, or resolves to a loopback address (Debian's ``127.0.1.1 host`` line), it is
+replaced by the node's ``NodeAddr`` from ``scontrol show node``. Gloo binds to the address its host name
+resolves to (often 127.0.0.1), so unless ``GLOO_SOCKET_IFNAME`` is set already, it is set to the interface
+that holds this node's address towards MASTER_ADDR.
+
 Signals, and how every rank stops together even if only one receives a signal:
 
 * the time-limit / preemption notice, sent ``signal_delay_s`` before the limit: SLURM is asked for
@@ -29,6 +35,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 
@@ -57,6 +65,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        if env.num_nodes > 1:
+            print(f"[launch] rank {env.global_rank}: {export_multinode_env()}", file=sys.stderr, flush=True)
         print(f"[launch] {env}", file=sys.stderr, flush=True)
 
         started = time.time()
@@ -101,6 +111,85 @@ class TrainJob(submitit.helpers.Checkpointable):
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on rank 0 before a requeue; the trainer has already written its checkpoint."""
         return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.time_min, self.signal_delay_s))
+
+
+def _resolves_to_non_loopback(name: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(name, None, socket.AF_INET)
+    except OSError:
+        return False
+    return bool(infos) and not any(info[4][0].startswith("127.") for info in infos)
+
+
+def slurm_node_addr(node: str) -> str | None:
+    """``NodeAddr`` of a SLURM node (``scontrol show node -o NODE``), or None if scontrol cannot tell."""
+    try:
+        out = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for field in out.split():
+        if field.startswith("NodeAddr="):
+            return field.split("=", 1)[1] or None
+    return None
+
+
+def interface_of(addr: str) -> str | None:
+    """The name of the network interface that holds the IPv4 address ``addr`` (Linux), or None."""
+    try:
+        import fcntl
+        import struct
+    except ImportError:  # not Linux
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            try:  # SIOCGIFADDR: the interface's IPv4 address
+                packed = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))
+            except OSError:
+                continue
+            if socket.inet_ntoa(packed[20:24]) == addr:
+                return name
+    return None
+
+
+def local_addr_towards(addr: str, port: int = 9) -> str | None:
+    """This host's source IPv4 address for packets to ``addr`` (a UDP ``connect``: nothing is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((addr, port))
+            return sock.getsockname()[0]
+    except OSError:
+        return None
+
+
+def export_multinode_env() -> str:
+    """Make MASTER_ADDR reachable and pick gloo's interface for a multi-node job (after submitit's export).
+
+    MASTER_ADDR (a node name) is replaced by the node's SLURM ``NodeAddr`` when the name does not resolve to
+    a non-loopback IPv4 address; ``GLOO_SOCKET_IFNAME``, if unset, becomes the interface holding this node's
+    source address towards MASTER_ADDR. Returns a one-line description of what was set (for the job log).
+    """
+    master = os.environ.get("MASTER_ADDR", "")
+    notes = []
+    if master and not _resolves_to_non_loopback(master):
+        addr = slurm_node_addr(master)
+        if addr and addr != master:
+            os.environ["MASTER_ADDR"] = addr
+            notes.append(f"MASTER_ADDR={addr} (NodeAddr of {master})")
+    if not os.environ.get("GLOO_SOCKET_IFNAME"):
+        master_ip = os.environ.get("MASTER_ADDR", "")
+        try:
+            master_ip = socket.gethostbyname(master_ip)
+        except OSError:
+            master_ip = ""
+        local = local_addr_towards(master_ip) if master_ip else None
+        ifname = interface_of(local) if local else None
+        if ifname and ifname != "lo":
+            os.environ["GLOO_SOCKET_IFNAME"] = ifname
+            notes.append(f"GLOO_SOCKET_IFNAME={ifname} ({local})")
+    return (f"multi-node: MASTER_ADDR={os.environ.get('MASTER_ADDR')} MASTER_PORT={os.environ.get('MASTER_PORT')} "
+            f"GLOO_SOCKET_IFNAME={os.environ.get('GLOO_SOCKET_IFNAME', '')}" + (f"; set {', '.join(notes)}" if notes
+                                                                                 else ""))
 
 
 def _submitit_signal():
