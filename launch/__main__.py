@@ -27,24 +27,25 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from toolkit.cli import Parser, float_at_least, int_at_least
+
+    p = Parser(prog="python -m launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", required=True, help="run config YAML")
     p.add_argument("--cluster", choices=["slurm", "local", "debug"], required=True,
                    help="slurm: sbatch via submitit; local: subprocesses on this machine; debug: in this process")
     p.add_argument("--profile", help="cluster profile: slurm/<NAME>.yaml or a path")
-    p.add_argument("--nodes", type=int, help="nodes (slurm)")
-    p.add_argument("--gpus-per-node", type=int, help="GPUs per node; one task per GPU")
-    p.add_argument("--tasks-per-node", type=int, help="tasks (ranks) per node when there are no GPUs")
-    p.add_argument("--cpus-per-task", type=int, help="CPUs per task")
-    p.add_argument("--mem", type=float, help="memory per node in GB")
-    p.add_argument("--time", type=int, help="time limit in minutes")
+    p.add_argument("--nodes", type=int_at_least(1), help="nodes (slurm)")
+    p.add_argument("--gpus-per-node", type=int_at_least(0), help="GPUs per node; one task per GPU")
+    p.add_argument("--tasks-per-node", type=int_at_least(1), help="tasks (ranks) per node when there are no GPUs")
+    p.add_argument("--cpus-per-task", type=int_at_least(1), help="CPUs per task")
+    p.add_argument("--mem", type=float_at_least(0, strict=True), help="memory per node in GB")
+    p.add_argument("--time", type=int_at_least(1), help="time limit in minutes")
     p.add_argument("--partition", help="SLURM partition")
     p.add_argument("--account", help="SLURM account")
     p.add_argument("--qos", help="SLURM quality of service")
     p.add_argument("--constraint", help="SLURM node constraint")
-    p.add_argument("--signal-delay", type=int, help="seconds before the time limit at which the job is signalled")
-    p.add_argument("--max-requeues", type=int, help="requeues allowed after time-outs (preemptions are not counted)")
+    p.add_argument("--signal-delay", type=int_at_least(0), help="seconds before the time limit at which the job is signalled")
+    p.add_argument("--max-requeues", type=int_at_least(0), help="requeues allowed after time-outs (preemptions are not counted)")
     p.add_argument("--dry-run", action="store_true", help="print what would be submitted (the sbatch script) and exit")
     p.add_argument("--wait", action="store_true", help="wait for the job and print its summary")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -61,7 +62,25 @@ def resources(args, profile):
     if res.gpus_per_node:
         res.tasks_per_node = res.gpus_per_node  # one task per GPU
     res.tasks_per_node = max(1, res.tasks_per_node)
+    check_resources(res)
     return res
+
+
+def check_resources(res) -> None:
+    """Resources a job can be given (profile values included, flags named as on the command line).
+
+    Raises:
+        ValueError: naming the flag (and profile key) and what was expected.
+    """
+    at_least = {"nodes": ("--nodes", 1), "gpus_per_node": ("--gpus-per-node", 0), "cpus_per_task": ("--cpus-per-task", 1),
+                "time_min": ("--time", 1), "signal_delay_s": ("--signal-delay", 0), "max_requeues": ("--max-requeues", 0),
+                "mem_gb": ("--mem", 0)}
+    for key, (flag, low) in at_least.items():
+        if getattr(res, key) < low:
+            raise ValueError(f"{flag} (profile key '{key}') must be >= {low}, got {getattr(res, key)}")
+    if res.signal_delay_s >= res.time_min * 60:
+        raise ValueError(f"--signal-delay ({res.signal_delay_s} s) must be shorter than the time limit --time "
+                         f"({res.time_min} min = {res.time_min * 60} s): the job would be signalled before it starts")
 
 
 def make_executor(cluster: str, folder: Path, res, name: str):
@@ -115,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         res = resources(args, load_profile(args.profile))
-    except (ConfigError, ProfileError) as exc:
+    except (ConfigError, ProfileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     folder = run_dir(cfg).resolve()

@@ -91,8 +91,10 @@ def _cilp(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shards", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from toolkit.cli import Parser, float_at_least, float_below, int_at_least
+
+    pos, nonneg = int_at_least(1), int_at_least(0)
+    p = Parser(prog="python -m shards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
     s = sub.add_parser("synthetic-nuscenes", help="write a synthetic nuScenes dataroot",
@@ -100,11 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "camera JPEGs) of ray-cast HDL-32E sweeps and pinhole images of procedural "
                                    "streets. Deterministic from --seed.")
     s.add_argument("--out", required=True, help="dataroot folder to create")
-    s.add_argument("--scenes", type=int, default=8, help="number of scenes (default 8)")
-    s.add_argument("--samples", type=int, default=20, help="keyframes per scene, 2 Hz (default 20)")
+    s.add_argument("--scenes", type=pos, default=8, help="number of scenes (default 8)")
+    s.add_argument("--samples", type=pos, default=20, help="keyframes per scene, 2 Hz (default 20)")
     s.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
     s.add_argument("--version", default="v1.0-mini", help="table folder name (default v1.0-mini)")
-    s.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
+    s.add_argument("--workers", type=pos, default=max(1, min(4, os.cpu_count() or 1)),
                    help="processes rendering scenes (output does not depend on it)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     s.add_argument("--cameras", action=argparse.BooleanOptionalAction, default=True,
@@ -121,12 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--version", default="v1.0-mini", help="table version (default v1.0-mini)")
     n.add_argument("--out", required=True, help="output folder for train-*.tar, val-*.tar, info.json")
     n.add_argument("--split", default=None, help="official nuScenes split name (mini_train, train, val, ...)")
-    n.add_argument("--val-fraction", type=float, default=0.0, help="fraction of scenes held out to val-*.tar")
+    n.add_argument("--val-fraction", type=float_below(0, 1), default=0.0, help="fraction of scenes held out to val-*.tar")
     n.add_argument("--seed", type=int, default=0, help="seed of the scene split")
-    n.add_argument("--maxcount", type=int, default=1000, help="samples per shard at most (default 1000)")
-    n.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard at most (default 1e9)")
-    n.add_argument("--min-range", type=float, default=1.0, help="validity mask lower bound, m (default 1)")
-    n.add_argument("--max-range", type=float, default=200.0, help="validity mask upper bound, m (default 200)")
+    n.add_argument("--maxcount", type=pos, default=1000, help="samples per shard at most (default 1000)")
+    n.add_argument("--maxsize", type=float_at_least(0, strict=True), default=1e9, help="bytes per shard at most (default 1e9)")
+    n.add_argument("--min-range", type=float_at_least(0), default=1.0, help="validity mask lower bound, m (default 1)")
+    n.add_argument("--max-range", type=float_at_least(0, strict=True), default=200.0, help="validity mask upper bound, m (default 200)")
     n.set_defaults(func=_nuscenes_lidar)
 
     m = sub.add_parser("nuscenes", help="nuScenes dataroot -> multi-sensor shards (cameras, LiDAR, boxes)",
@@ -153,19 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--split", default=None,
                        help="official nuScenes split(s), comma-separated (train,val / mini_train,mini_val / ...): "
                             "one shard set <split>-*.tar each")
-    which.add_argument("--val-fraction", type=float, default=0.0,
+    which.add_argument("--val-fraction", type=float_below(0, 1), default=0.0,
                        help="fraction of scenes held out to val-*.tar, the rest to train-*.tar (synthetic data)")
     m.add_argument("--seed", type=int, default=0, help="seed of the held-out scene choice (default 0)")
     m.add_argument("--image-size", type=_image_size, default=None, metavar="WxH",
                    help="resize every image to WIDTHxHEIGHT at build time (intrinsics rescaled, JPEG re-encoded); "
                         "default: the original files untouched")
-    m.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality after --image-size (default 90)")
-    m.add_argument("--sweeps", type=int, default=0,
+    m.add_argument("--jpeg-quality", type=int_at_least(1), default=90, help="JPEG quality after --image-size (default 90)")
+    m.add_argument("--sweeps", type=nonneg, default=0,
                    help="previous LiDAR sweeps added per keyframe (points get a time-lag column, s; default 0)")
-    m.add_argument("--min-range", type=float, default=1.0,
+    m.add_argument("--min-range", type=float_at_least(0), default=1.0,
                    help="drop points nearer than this to their sensor, m (ego roof, no-returns; default 1)")
-    m.add_argument("--maxcount", type=int, default=100, help="samples per shard at most (default 100)")
-    m.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard at most (default 1e9)")
+    m.add_argument("--maxcount", type=pos, default=100, help="samples per shard at most (default 100)")
+    m.add_argument("--maxsize", type=float_at_least(0, strict=True), default=1e9, help="bytes per shard at most (default 1e9)")
     m.set_defaults(func=_nuscenes)
 
     c = sub.add_parser("synthetic-cilp", help="write cubes/spheres RGB + LiDAR pairs in the CILP layout",
@@ -173,12 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "range image (.npy, rows azimuth x columns zenith, miss = 50 m) per scene, in "
                                    "{cubes,spheres}/{rgb,lidar}/ with azimuth.npy and zenith.npy.")
     c.add_argument("--out", required=True, help="folder to create")
-    c.add_argument("--per-class", type=int, default=1000, help="samples per class (default 1000)")
+    c.add_argument("--per-class", type=pos, default=1000, help="samples per class (default 1000)")
     c.add_argument("--pose", choices=["fixed", "random"], default="fixed",
                    help="fixed: one sensor pose, objects moved near the origin (as the DLI data; default); "
                         "random: random sensor distance, height and bearing per scene")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    c.add_argument("--workers", type=pos, default=max(1, min(4, os.cpu_count() or 1)))
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=_synthetic_cilp)
 
@@ -188,21 +190,44 @@ def build_parser() -> argparse.ArgumentParser:
                                    "every sample and in info.json.")
     k.add_argument("--root", required=True, help="CILP folder (synthetic or the real download)")
     k.add_argument("--out", required=True, help="output folder")
-    k.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction per class (default 0.2)")
+    k.add_argument("--val-fraction", type=float_below(0, 1), default=0.2, help="held-out fraction per class (default 0.2)")
     k.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    k.add_argument("--maxcount", type=int, default=500, help="samples per shard at most (default 500)")
-    k.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard at most")
+    k.add_argument("--maxcount", type=pos, default=500, help="samples per shard at most (default 500)")
+    k.add_argument("--maxsize", type=float_at_least(0, strict=True), default=1e9, help="bytes per shard at most")
     k.set_defaults(func=_cilp)
     return p
 
 
+def check_args(args) -> None:
+    """Checks across options and of the paths, before any work: ``--min-range`` < ``--max-range``,
+    ``--jpeg-quality`` <= 100, the inputs exist, ``--out`` can be created.
+
+    Raises:
+        ValueError: naming the flag(s) and the value or path.
+    """
+    from toolkit.cli import check_writable
+
+    lo, hi = getattr(args, "min_range", None), getattr(args, "max_range", None)
+    if lo is not None and hi is not None and lo >= hi:
+        raise ValueError(f"--min-range ({lo:g} m) must be < --max-range ({hi:g} m)")
+    if getattr(args, "jpeg_quality", 90) > 100:
+        raise ValueError(f"--jpeg-quality must be in [1, 100], got {args.jpeg_quality}")
+    for flag in ("dataroot", "root"):
+        path = getattr(args, flag, None)
+        if path is not None and not os.path.isdir(path):
+            raise ValueError(f"--{flag} '{path}' does not exist or is not a folder")
+    check_writable(args.out, "--out", folder=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from toolkit.cli import error_line, expected_errors
+
     args = build_parser().parse_args(argv)
     try:
+        check_args(args)
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {msg}", file=sys.stderr)
+    except expected_errors() as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
 
 

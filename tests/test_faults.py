@@ -468,3 +468,95 @@ def test_an_override_on_resume_is_applied_not_undone(lidar_shards, reference, tm
     same = Trainer(load_config(CONFIG, fault_overrides(lidar_shards, run)))
     same.resume()
     assert same.applied == []
+
+
+# --- 7. the kill and non-finite cases under torchrun --nproc_per_node=2 ----------------------------------
+def ddp_cmd(overrides: list[str]) -> list[str]:
+    return ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", *train_cmd(overrides)]
+
+
+DDP_ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own)."""
+    out = []
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return out
+    for child in children:
+        out += [child, *descendants(child)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_ddp(lidar_shards, tmp_path_factory) -> Path:
+    """The uninterrupted 2-rank run the torchrun faults are compared with."""
+    run = tmp_path_factory.mktemp("faults-ddp") / "reference"
+    res = run_cli(ddp_cmd(fault_overrides(lidar_shards, run)), timeout=300, env=DDP_ENV)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+    return run
+
+
+def test_kill_9_of_a_torchrun_run_resumes_to_the_same_result(lidar_shards, reference_ddp, tmp_path):
+    """torchrun with 2 ranks, SIGKILL to torchrun and both workers at once (a node lost) at a seeded random
+    step; the restarted 2-rank run resumes from the newest complete checkpoint (rank 0's dead lock does not
+    block it) and ends bit-identical to the uninterrupted 2-rank run."""
+    run = tmp_path / "run"
+    overrides = fault_overrides(lidar_shards, run)
+    rng = random.Random(2014)
+    target = rng.randint(3, STEPS - 2)
+    log = tmp_path / "kill.log"
+    proc = subprocess.Popen([sys.executable, *ddp_cmd(overrides)], cwd=REPO, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **DDP_ENV})
+    try:
+        wait_until(lambda: logged_step(run) >= target, proc, timeout=180, what=f"step {target}")
+        time.sleep(rng.uniform(0.0, 0.3))
+        victims = [proc.pid, *descendants(proc.pid)]
+        assert len(victims) >= 3, f"torchrun and its 2 workers expected, found {victims}"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+        proc.wait(30)
+    killed_at = logged_step(run)
+    assert killed_at < STEPS, "the run finished before it was killed"
+    res = run_cli(ddp_cmd(overrides), timeout=300, env=DDP_ENV)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == STEPS and summary["world_size"] == 2
+    assert summary["resumed_from"] and "iter_" in summary["resumed_from"], summary
+    assert not list((run / "checkpoints").glob("*.tmp"))
+    final = f"iter_{STEPS:09d}.pt"
+    assert_same_training_state(run / "checkpoints" / final, reference_ddp / "checkpoints" / final)
+
+
+def test_divergence_under_torchrun_stops_both_ranks_and_saves_only_finite_values(lidar_shards, tmp_path):
+    """optim.lr=1e6 with 2 ranks: both ranks skip the same non-finite steps and stop together after the
+    bad-step limit (each names the step and the last finite checkpoint), torchrun exits non-zero in
+    bounded time, and every iter_N.pt and export holds finite values only."""
+    run = tmp_path / "run"
+    overrides = fault_overrides(lidar_shards, run, **{"optim.lr": 1e6, "train.max_steps": 60, "train.max_bad_steps": 4,
+                                                      "checkpoint.export_jit": True})
+    t0 = time.monotonic()
+    res = run_cli(ddp_cmd(overrides), timeout=240, env=DDP_ENV)
+    elapsed = time.monotonic() - t0
+    assert res.returncode != 0, res.stderr[-3000:]
+    assert elapsed < 180, f"took {elapsed:.0f} s"
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, res.stderr[-3000:]  # one per rank
+    assert errors[0] == errors[1] and "4 optimizer steps in a row (since step" in errors[0]
+    assert "last finite checkpoint:" in errors[0]
+    ckpts = sorted((run / "checkpoints").glob("iter_*.pt"))
+    assert ckpts, "the steps before the divergence were checkpointed"
+    for path in ckpts:
+        state = Checkpointer.load(path)  # weights_only=True, hash checked
+        assert state["world_size"] == 2
+        assert all_finite(state["model"]) and all_finite(state["ema"]["module"]), path
+    exports = list((run / "checkpoints").glob("iter_*.jit"))
+    assert exports
+    for path in exports:
+        assert all_finite(dict(torch.jit.load(str(path)).state_dict())), path

@@ -90,17 +90,31 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m toolkit.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from toolkit.cli import Parser, check_writable, error_line
+
+    p = Parser(prog="python -m toolkit.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders (in table order)")
     p.add_argument("--out", help="also write the table to this Markdown file")
     args = p.parse_args(argv)
     rows = []
+    try:
+        if args.out:
+            check_writable(args.out, "--out")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for run in args.runs:
+        if not Path(run).is_dir():
+            print(f"error: run folder '{run}' does not exist or is not a folder", file=sys.stderr)
+            return 2
         try:
             rows.append(run_row(Path(run)))
         except FileNotFoundError as exc:
             print(f"error: {run}: not a finished run ({exc.filename} missing)", file=sys.stderr)
+            return 2
+        except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+            print(f"error: {run}: unreadable summary.json, config.yaml or metrics.jsonl "
+                  f"({type(exc).__name__}: {error_line(exc)[:160]})", file=sys.stderr)
             return 2
     table = markdown(rows)
     print(table)

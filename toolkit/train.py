@@ -23,13 +23,14 @@ import sys
 import time
 import traceback
 
+from toolkit.cli import Parser, check_writable
 from toolkit.config import ConfigError, describe, load_config, peek_run_dir, run_dir, to_yaml
 
 EXIT_FAILED, EXIT_NOT_STARTED, EXIT_ABORTED = 1, 2, 130
 DEBOUNCE_S = 0.5  #: SIGINTs this close to the first one are the same Ctrl-C
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(Parser):
     """Builds its epilog (which imports every task, and so torch) only when help is printed."""
 
     def format_help(self) -> str:
@@ -76,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(cfg), end="")
             print(f"# run folder: {run_dir(cfg)}")
             return 0
+        try:
+            key = "run.dir" if cfg.run.dir else "run.root/run.name"
+            check_writable(run_dir(cfg), f"run folder ({key})", folder=True)
+        except ValueError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return EXIT_NOT_STARTED
         return _train(cfg)
     except RunLockedError as exc:
         _error(str(exc))
