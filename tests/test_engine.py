@@ -1,7 +1,9 @@
 """The engine with real components: training runs, TensorBoard files read back, exact resume, JIT exports."""
 
+import io
 import json
 import sys
+import tarfile
 import textwrap
 
 import pytest
@@ -188,3 +190,38 @@ def test_resume_reads_the_saved_data_position(lidar_shards, tmp_path, trained_ru
     err = capfd.readouterr().err
     assert summary["step"] == 6 and "cannot be replayed: the stream is reseeded" in err
     assert "fast-forwarding" not in err
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_local_tar_reader_gives_webdataset_s_members(tmp_path, fmt):
+    """The loader's own tar parser (toolkit.data.pipeline._read_local_tar) yields the members tarfile's
+    stream mode gives webdataset, for long names, pax headers, directories and meta members; a cut-off
+    file and a damaged header are errors (counted skips in the loaders)."""
+    from webdataset import tariterators
+
+    from toolkit.data.pipeline import _KeepKeys, _read_local_tar
+
+    path = tmp_path / "x.tar"
+    long_dir = "d" * 60 + "/" + "e" * 60 if fmt != tarfile.GNU_FORMAT else "f" * 150
+    with tarfile.open(path, "w", format=fmt) as tar:
+        info = tarfile.TarInfo("dir")
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+        for i, (name, size) in enumerate([("a.range.npy", 0), ("a.json", 700), ("__meta__", 3),
+                                          (f"{long_dir}/b.range.npy", 1025), ("b.json", 512)]):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes([i + 1]) * size))
+    for select in (None, _KeepKeys(["range.npy"])):
+        ref = [(d["fname"], d["data"]) for d in tariterators.tar_file_expander(
+            tariterators.url_opener([{"url": str(path)}]), select_files=select) if d]
+        assert list(_read_local_tar(str(path), select)) == ref and ref
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[:1800])
+    with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
+        list(_read_local_tar(str(cut), None))
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(data[:600] + b"\x07" + data[601:])
+    with pytest.raises(tarfile.HeaderError, match="checksum"):
+        list(_read_local_tar(str(bad), None))

@@ -7,6 +7,10 @@ open_clip; the engine counts steps, which replaces ``with_epoch``)::
     resampled shard names (seeded by seed, rank, worker) -> tar samples -> shuffle buffer (raw bytes)
       -> fast-forward (resume) -> task decode (per-sample RNG) -> batch -> DataLoader(batch_size=None)
 
+Local shards are parsed by this module's own tar reader (:func:`_read_local_tar`: the members and order
+``tarfile``'s stream mode gives webdataset, only the task's members read, the others seeked over); the
+profile of the training loader had 70 % of its time in ``tarfile``. URLs and ``pipe:`` use webdataset's.
+
 Evaluation (:func:`eval_loader`): one finite pass, shards split by node (rank) and by worker, so each
 sample is read exactly once across all ranks and workers.
 
@@ -35,6 +39,7 @@ import glob
 import hashlib
 import os
 import random
+import re
 import signal
 import sys
 import tarfile
@@ -279,11 +284,124 @@ class _KeepKeys:
         return fname.split(".", 1)[-1].lower() in self.keys
 
 
+_BLOCK = 512
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: members like __meta__ are not sample data
+
+
+def _octal(field: bytes, what: str, url: str) -> int:
+    """A tar header number: NUL/space-terminated octal, or GNU base-256 (first byte & 0x80)."""
+    if field and field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        raise tarfile.HeaderError(f"{url}: invalid {what} field {field!r} in a tar header") from None
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The ``path`` record of a pax extended header, if any."""
+    pos = 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8")
+        pos += length
+    return None
+
+
+def _read_local_tar(url: str, select: Callable[[str], bool] | None) -> Iterator[tuple[str, bytes]]:
+    """``(member name, bytes)`` of the regular members of a local, uncompressed tar, in file order,
+    reading only the members ``select`` keeps (the others are seeked over, never read).
+
+    The same members and order as ``tarfile`` in stream mode gives webdataset (ustar, GNU long
+    names and pax ``path`` records understood; meta members ``__*__`` and non-files skipped), at a
+    fraction of the cost: one 512-byte read per header and one read per selected member.
+
+    Raises:
+        tarfile.ReadError: a file that ends inside a member or header (a truncated shard).
+        tarfile.HeaderError: a header whose checksum or numbers are invalid (not a tar, or damaged).
+    """
+    with open(url, "rb", buffering=0) as f:
+        file_size = os.fstat(f.fileno()).st_size
+        if url.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")):
+            raise tarfile.ReadError(f"{url}: compressed tar is not read by the local reader")
+        pos, long_name = 0, None
+        while True:
+            header = f.read(_BLOCK)
+            if not header:
+                return  # end of file at a member boundary, as tarfile accepts
+            if len(header) < _BLOCK:
+                raise tarfile.ReadError(f"{url}: unexpected end of data in a tar header at byte {pos}")
+            if header.count(0) == _BLOCK:
+                return  # end-of-archive block
+            stored = _octal(header[148:156], "checksum", url)
+            if stored != 256 + sum(header[:148]) + sum(header[156:]):
+                raise tarfile.HeaderError(f"{url}: bad tar header checksum at byte {pos}")
+            size = _octal(header[124:136], "size", url)
+            kind = header[156:157]
+            padded = (size + _BLOCK - 1) // _BLOCK * _BLOCK
+            pos += _BLOCK
+            if pos + size > file_size:
+                raise tarfile.ReadError(f"{url}: unexpected end of data: member at byte {pos - _BLOCK} needs "
+                                        f"{size} bytes, the file ends at {file_size}")
+            if kind in (b"L", b"x"):  # GNU long name / pax header: applies to the next member
+                data = f.read(padded)[:size]
+                long_name = data.rstrip(b"\0").decode("utf-8") if kind == b"L" else (_pax_path(data) or long_name)
+                pos += padded
+                continue
+            if long_name is not None:
+                name, long_name = long_name, None
+            else:
+                name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+                if header[257:262] == b"ustar" and header[345]:
+                    name = header[345:500].split(b"\0", 1)[0].decode("utf-8") + "/" + name
+            wanted = (kind in (b"0", b"\0", b"7") and not _META.match(name)
+                      and not ("/" not in name and name.startswith("__") and name.endswith("__"))
+                      and (select is None or select(name)))
+            if wanted:
+                data = f.read(size)
+                if len(data) < size:
+                    raise tarfile.ReadError(f"{url}: unexpected end of data in member '{name}'")
+                if padded > size:
+                    f.seek(padded - size, 1)
+                yield name, data
+            elif padded:
+                f.seek(padded, 1)
+            pos += padded
+
+
+def _local_files(items: Iterable[dict], handler: SkipCounter, select, bufsize: int) -> Iterator[dict]:
+    """webdataset's ``url_opener`` + ``tar_file_expander``: ``{"fname", "data", "__url__"}`` per member and
+    ``{}`` at the end of each shard, the same exceptions routed to ``handler`` (the shard is then left, as
+    webdataset does); local plain tars go through :func:`_read_local_tar`, anything else through webdataset."""
+    from webdataset import tariterators
+
+    for item in items:
+        url = item["url"]
+        if not _is_local(url) or url.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")):
+            streams = tariterators.url_opener([item], handler=handler, bufsize=bufsize)
+            yield from tariterators.tar_file_expander(streams, handler=handler, select_files=select)
+            continue
+        try:
+            for name, data in _read_local_tar(url, select):
+                yield {"fname": name, "data": data, "__url__": url}
+            yield {}
+        except Exception as exn:  # noqa: BLE001 - as webdataset: the handler decides (count and skip)
+            exn.args = exn.args + (url,)
+            if not handler(exn):
+                break
+
+
 def _tar_samples(src: Iterable[dict], handler: SkipCounter, keys=None, bufsize: int = 1 << 20,
                  max_empty: int = MAX_EMPTY_SHARDS) -> Iterator[dict]:
-    """webdataset's ``tarfile_to_samples`` with a 1 MiB read buffer, keeping only the members whose
-    extension is in ``keys`` (None = all): the others are skipped while streaming and never reach the
-    shuffle buffer.
+    """webdataset's ``tarfile_to_samples`` keeping only the members whose extension is in ``keys``
+    (None = all): the others are skipped while streaming (seeked over in local files, never read) and
+    never reach the shuffle buffer. Local tars are parsed by :func:`_read_local_tar` (~6x faster than
+    ``tarfile``'s stream mode, the profile's largest cost); URLs and ``pipe:`` go through webdataset
+    with a 1 MiB read buffer.
 
     Raises:
         NoSamplesError: when ``max_empty`` shards in a row gave no sample (empty tars, another task's
@@ -303,8 +421,7 @@ def _tar_samples(src: Iterable[dict], handler: SkipCounter, keys=None, bufsize: 
                                      f"{_members_note(names[0], keys)}): are these the task's shards?")
             yield item
 
-    streams = tariterators.url_opener(watched(src), handler=handler, bufsize=bufsize)
-    files = tariterators.tar_file_expander(streams, handler=handler, select_files=_KeepKeys(keys) if keys else None)
+    files = _local_files(watched(src), handler, _KeepKeys(keys) if keys else None, bufsize)
     for sample in tariterators.group_by_keys(files, handler=handler):
         opened.clear()
         yield sample

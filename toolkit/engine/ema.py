@@ -29,6 +29,7 @@ class EMA:
         self.decay = decay
         self.warmup = warmup
         self.num_updates = 0
+        self._buffers: set[str] | None = None
 
     def to(self, device: torch.device) -> "EMA":
         self.module.to(device)
@@ -39,15 +40,41 @@ class EMA:
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, good: torch.Tensor | None = None) -> None:
+        """One EMA step towards ``model``'s state (one ``torch._foreach_lerp_`` over the parameters).
+
+        ``good``: a device bool (0-d); where False the EMA is left exactly as it is (a skipped optimizer
+        step), decided on the device without a host read (the caller takes the warm-up count back later,
+        see :mod:`toolkit.engine.step`)."""
         d = self.current_decay()
+        if self._buffers is None:
+            self._buffers = {name for name, _ in self.module.named_buffers()}
         src = model.state_dict()
+        ema: list[torch.Tensor] = []
+        new: list[torch.Tensor] = []
+        weights: dict[torch.dtype, torch.Tensor] = {}
         for key, value in self.module.state_dict().items():
-            new = src[key].detach()
-            if value.dtype.is_floating_point:
-                value.lerp_(new.to(value.dtype), 1.0 - d)
+            target = src[key].detach()
+            if not value.dtype.is_floating_point:
+                value.copy_(target if good is None else torch.where(good, target, value))
+                continue
+            target = target.to(value.dtype)
+            if key not in self._buffers and value.dtype == torch.float32:
+                ema.append(value)
+                new.append(target)
+                continue
+            if good is None:
+                value.lerp_(target, 1.0 - d)
+                continue
+            w = weights.get(value.dtype)
+            if w is None:
+                w = weights[value.dtype] = good.to(value.dtype) * (1.0 - d)
+            if key in self._buffers:  # buffers changed by a non-finite forward may hold NaN: 0 * NaN
+                value.copy_(torch.where(good, value.lerp(target, w), value))
             else:
-                value.copy_(new)
+                value.lerp_(target, w)
+        if ema:  # a skipped step left the weights unchanged and finite: weight 0 keeps the EMA exactly
+            torch._foreach_lerp_(ema, new, 1.0 - d if good is None else good.to(torch.float32) * (1.0 - d))
         self.num_updates += 1
 
     def state_dict(self) -> dict:

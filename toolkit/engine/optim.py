@@ -12,7 +12,7 @@ from toolkit.config import OptimConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; weight decay only on tensors with >= 2 dims (weights of
+    """AdamW (fused) over the trainable parameters; weight decay only on tensors with >= 2 dims (weights of
     convs and linears, not biases, norms or scalars), as in nanoGPT and timm.
 
     Raises:
@@ -24,7 +24,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    # fused: one kernel per step, and it takes a device-side ``found_inf`` flag, so the engine skips a
+    # non-finite step without reading anything back to the host (toolkit.engine.step)
+    fused = True if all(p.is_floating_point() for p in params) else None
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                             fused=fused)
 
 
 class WarmupDecay:

@@ -7,6 +7,8 @@ coordinates; each component decides its own timing (as torchtitan's ``train()``)
     resume (checkpointer)  ->  for each optimizer step:
         train_step(batches)   # grad_accum micro-steps, clip; one all-reduce agrees on skipping a
                               # non-finite step and on stopping; optimizer, schedule, EMA            (step.py)
+        train_step.sync       # every SYNC_EVERY steps, at log steps, before a checkpoint: the one host
+                              # read of the agreement (nothing else is read back per step)       (step.py)
         window: log every log.every                                                          (step.py)
         visualizer: images every log.image_every                                         (evaluator.py)
         evaluator: validation every eval.every and at the end                            (evaluator.py)
@@ -17,7 +19,7 @@ optimizer, scheduler, loss scaler, step, every rank's RNG state and the saved da
 (``data.resume=exact``); optimizer and schedule settings that the config changed since (``optim.*``,
 ``train.max_steps``) are applied over the restored ones, and said so. A stop request
 (SIGTERM/SIGUSR1/SIGINT via :meth:`Trainer.request_stop`, or a job scheduler) makes every rank stop
-together at the next step boundary and write a checkpoint first. Exports are built from the EMA
+together at the next sync point (at most :data:`SYNC_EVERY` steps later) and write a checkpoint first. Exports are built from the EMA
 weights when ``eval.ema`` is on and the run keeps an EMA, else from the model's.
 
 Faults: rank 0 holds the run folder's lock (:mod:`toolkit.engine.lock`) from construction to the end
@@ -54,6 +56,9 @@ from toolkit.tasks import build_task
 
 STOP_EXIT = 1     #: checkpoint and stop (SIGTERM / SIGUSR1, a scheduler killing the job)
 STOP_REQUEUE = 2  #: checkpoint, stop, and let the launcher requeue the job (time limit, preemption notice)
+#: steps between two reads of the ranks' per-step agreement (stop request, non-finite steps): a stop
+#: request is acted on at most this many steps later; on CUDA the GPU's queue is drained this often only
+SYNC_EVERY = 10
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -120,6 +125,7 @@ class Trainer:
         self.window = MetricWindow(cfg.log.every, cfg.train.max_steps,
                                    cfg.data.batch_size * cfg.train.grad_accum * self.world_size)
         self.logger = RunLogger(self.run_dir, self.is_main, cfg.train.max_steps, cfg.log.progress)
+        self.sync_every = max(1, min(SYNC_EVERY, cfg.log.every))
         self.step = 0
         self.resumed = None       # toolkit.engine.checkpoint.Resumed, set by resume()
         self.applied: list[str] = []  # settings of the config applied over the checkpoint's, set by resume()
@@ -163,22 +169,30 @@ class Trainer:
                     t0 = time.perf_counter()
                     stats = self.train_step(stream, self.step + 1)
                     self.step += 1
+                    synced = self._sync_due(self.step)
+                    if synced:  # the one host read of the agreement (on CUDA: waits for the queued steps)
+                        stop = self.train_step.sync(self.step)
                     self.window.add(stats, time.perf_counter() - t0)
-                    self.logger.advance(self.step, self.window.mean_loss)
+                    self.logger.advance(self.step, self.window.mean_loss if synced else None)
                     if self.window.due(self.step):
                         self._log_training()
                     if self.visualizer.due(self.step):
                         self.visualizer.log(self.step, self.unwrapped, self.device, self.logger, self.train_step.last_batch)
                     if self.evaluator.due(self.step):
                         self.evaluator.run(self.step, self.unwrapped, self.ema.module if self.ema else None, self.logger)
-                    stop = stats.stop  # agreed by every rank inside the step
                     if self.checkpointer.due(self.step, final=bool(stop) or self.step == cfg.train.max_steps):
+                        stop = self.train_step.sync(self.step)  # (a no-op if this step was a sync point)
                         self.save_checkpoint()
                     if stop:
                         status = "stopped"
                         self.logger.print(f"stop requested: checkpointed at step {self.step} and stopping")
                         break
             return self._finish(status, stop, time.time() - t_start)
+
+    def _sync_due(self, step: int) -> bool:
+        """Read the ranks' agreement (stop, skipped steps) at this step? Every :data:`SYNC_EVERY` steps
+        (at most ``log.every``), at log steps and at the last step: by step number, the same on every rank."""
+        return step % self.sync_every == 0 or self.window.due(step)
 
     @contextlib.contextmanager
     def _holding_the_run(self):
@@ -264,7 +278,7 @@ class Trainer:
 
     def _log_training(self) -> None:
         reduce = (lambda t: self.accelerator.reduce(t.to(self.device), reduction="mean")) if self.world_size > 1 else None
-        values = self.window.read(reduce)
+        values = self.window.read(reduce, self.train_step.skipped_steps)
         values.update({"train/lr": self.scheduler.get_last_lr()[0], "perf/peak_mem_mb": peak_memory_mb(self.device),
                        "data/skipped_samples": float(self.batches.skipped)})
         if self.ema is not None:
@@ -283,7 +297,8 @@ class Trainer:
         """Ask every rank to checkpoint and stop at the next step boundary.
 
         Safe to call from a signal handler, on any one rank, before or during :meth:`fit`; the ranks
-        agree on the largest code requested anywhere (:data:`STOP_EXIT` or :data:`STOP_REQUEUE`).
+        agree on the largest code requested anywhere (:data:`STOP_EXIT` or :data:`STOP_REQUEUE`) and
+        stop at the next sync point (at most :data:`SYNC_EVERY` steps, and at most ``log.every``, later).
         """
         self._stop_request = max(self._stop_request, int(code))
 

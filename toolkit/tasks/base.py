@@ -20,8 +20,8 @@ checkpoints and exports, evaluation schedules, logging and data streaming. A tas
   evaluation (a confusion matrix);
 * :meth:`exports`: modules to TorchScript at every checkpoint, built from the one set of weights the
   engine chose (EMA or raw, per ``eval.ema``); :meth:`export_inputs`: example inputs for them;
-* :meth:`info`: static figures logged once; :meth:`after_optimizer_step`: in-place updates after each
-  step (clamping a logit scale); :meth:`title`: the run's name in reports;
+* :meth:`info`: static figures logged once; :meth:`after_optimizer_step`: in-place, idempotent updates after each
+  step, skipped steps included (clamping a logit scale); :meth:`title`: the run's name in reports;
 * :meth:`example`: a tiny configuration and raw samples for the contract test
   (``tests/test_task_contract.py`` runs every registered task through every hook).
 
@@ -117,7 +117,9 @@ class Task:
         raise NotImplementedError
 
     def after_optimizer_step(self, model: nn.Module) -> None:
-        """Called on the unwrapped model after every optimizer step."""
+        """Called on the unwrapped model after every optimizer step, also after a step the engine skipped
+        (non-finite loss or gradient norm, decided on the device without a host read): so it must be
+        idempotent, e.g. a clamp, not an increment."""
 
     # --- evaluation -------------------------------------------------------------------------------
     def evaluate_batch(self, model: nn.Module, batch: dict) -> EvalOutput:
