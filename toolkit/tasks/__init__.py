@@ -20,6 +20,7 @@ TASKS: dict[str, str] = {
     "cilp_projector": "toolkit.tasks.cilp.projector:CILPProjectorTask",
     "rgb2lidar": "toolkit.tasks.cilp.rgb2lidar:RGB2LiDARTask",
     "bev": "toolkit.tasks.bev.task:BEVTask",
+    "token_fusion": "toolkit.tasks.token_fusion.task:TokenFusionTask",
 }
 
 

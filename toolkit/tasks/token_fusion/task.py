@@ -35,7 +35,7 @@ losses, within-batch top-1 (``retrieval_i2l``/``retrieval_l2i``) and the matchin
 Re-ranking needs the model after the last batch: :meth:`TokenFusionTask.evaluate_batch` keeps a reference to
 the module it was given and :meth:`~TokenFusionTask.metrics` runs its fusion on the gathered tokens (no
 collective; every rank computes the same). Features then hold every sample's tokens: N (S T + L) D 4 bytes
-(the tiny preset's 80 held-out samples: 80 x (396 + 64) x 64 x 4 B = 9.4 MB); set ``rerank_k: 0`` for large
+(the tiny preset's 320 held-out samples: 320 x (396 + 64) x 64 x 4 B = 38 MB); set ``rerank_k: 0`` for large
 validation sets.
 
 Exports (TorchScript, one tensor each): ``img_enc`` (N, 3, H, W) float [0, 1] -> (N, E) L2-normalised, one
@@ -231,6 +231,10 @@ class TokenFusionTask(Task):
     name = "token_fusion"
     Config = TokenFusionConfig
     shard_keys = SHARD_KEYS
+    report_columns = (("I->L R@1 (%)", "val/i2l_recall@1", ".2f"), ("I->L R@5 (%)", "val/i2l_recall@5", ".2f"),
+                      ("L->I R@1 (%)", "val/l2i_recall@1", ".2f"),
+                      ("I->L R@1 re-ranked (%)", "val/i2l_rerank_recall@1", ".2f"),
+                      ("chance@1 (%)", "val/chance@1", ".3f"), ("held-out pairs", "val/retrieval_pairs", ".0f"))
 
     def __init__(self, cfg: TokenFusionConfig):
         super().__init__(cfg)

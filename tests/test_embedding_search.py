@@ -227,3 +227,23 @@ def test_umap_writes_a_picture_and_one_coordinate_pair_per_row(workdir, tmp_path
 
     table = pq.read_table(out / "umap.parquet")
     assert table.column_names == ["row", "x", "y", "camera"] and table.num_rows == 6 * N_SAMPLES
+
+
+def test_index_bench_measures_recall_against_exact_search():
+    """``python -m toolkit.bench index`` at a small size: every row scored against Flat ground truth; the
+    compressed IVF-PQ is smaller than Flat, the refine row (same IVF-PQ + exact vectors) at least as good;
+    bad sizes are one-line errors (exit 2)."""
+    from toolkit.bench import bench_index
+
+    out = bench_index(n=10_000, dim=32, queries=200, threads=1)
+    assert out["ivfpq_params"].startswith("IVF256,PQ16x8")  # nlist = 2^floor(log2(4 sqrt(n))), m = dim / 2
+    for name in ("hnsw", "ivfpq", "ivfpq_refine"):
+        assert 0.0 <= out[f"{name}_recall@10"] <= 1.0 and out[f"{name}_qps"] > 0 and out[f"{name}_sweep"]
+    assert out["hnsw_recall@10"] >= 0.9
+    assert out["ivfpq_refine_recall@10"] >= out["ivfpq_recall@10"]
+    assert out["ivfpq_bytes_per_vector"] < out["flat_bytes_per_vector"] == 4 * 32
+    assert out["ivfpq_refine_bytes_per_vector"] > out["flat_bytes_per_vector"]  # it keeps the raw vectors
+    for bad, says in ((["--dim", "31"], "--dim"), (["--n", "500"], "--n")):
+        res = run_cli(["-m", "toolkit.bench", "index", *bad])
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert "error" in res.stderr and says in res.stderr and "Traceback" not in res.stderr, res.stderr
