@@ -3,6 +3,7 @@ the real generator, devkit and webdataset), the real one-sample dataroot, and he
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -83,3 +84,25 @@ def run_cli(args: list[str], timeout: float = 600, env: dict | None = None, cwd:
         out, err = proc.communicate()
         raise AssertionError(f"{' '.join(map(str, cmd[:6]))} ... timed out after {timeout} s\n{err[-3000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run_finished(run: Path) -> bool:
+    """Whether the run folder's ``summary.json`` says the run finished."""
+    path = run / "summary.json"
+    return path.exists() and json.loads(path.read_text()).get("status") == "finished"
+
+
+def submitit_logs(run: Path) -> str:
+    """All submitit job logs (stdout and stderr of every task and requeue) under ``RUN/submitit``."""
+    return "\n".join(p.read_text(errors="replace") for p in sorted((run / "submitit").rglob("*_log.*")))
+
+
+def assert_same_final_weights(run: Path, ref: Path, step: int) -> None:
+    """``iter_{step}.pt`` model weights of ``run`` equal those of ``ref`` bit for bit."""
+    import torch
+
+    final = torch.load(run / "checkpoints" / f"iter_{step:09d}.pt", weights_only=True)["model"]
+    reference = torch.load(ref / "checkpoints" / f"iter_{step:09d}.pt", weights_only=True)["model"]
+    assert final.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(final[key], reference[key]), key

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import REPO, run_cli, tiny_overrides
+from conftest import REPO, assert_same_final_weights, run_cli, run_finished, submitit_logs, tiny_overrides
 
 CONFIG = str(REPO / "configs" / "lidar_tokenizer.yaml")
 SCRIPT = REPO / "slurm" / "local-cluster.sh"
@@ -68,19 +67,6 @@ def _wait_for(predicate, timeout, what, env=None, job_id=None):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{detail}")
 
 
-def _finished(run: Path) -> bool:
-    path = run / "summary.json"
-    return path.exists() and json.loads(path.read_text()).get("status") == "finished"
-
-
-def _logs(run: Path) -> str:
-    return "\n".join(p.read_text(errors="replace") for p in sorted((run / "submitit").rglob("*_log.*")))
-
-
-def _final_model(run: Path, step: int) -> dict:
-    return torch.load(run / "checkpoints" / f"iter_{step:09d}.pt", weights_only=True)["model"]
-
-
 def _overrides(shards, run, steps, **extra):
     values = {"train.max_steps": steps, "checkpoint.every": 5, "checkpoint.keep": 50, "eval.every": 0,
               "log.every": 5, "log.image_every": 10, "data.num_workers": 1, **extra}
@@ -117,7 +103,7 @@ def test_local_and_slurm_runs_complete_and_a_preempted_job_resumes_exactly(lidar
     ref = tmp_path / "local"
     _launch(slurm_env, "--cluster", "local", "--tasks-per-node", "2", "--time", "20", "--wait",
             *_overrides(lidar_shards, ref, steps), timeout=600)
-    assert _finished(ref), _logs(ref)
+    assert run_finished(ref), submitit_logs(ref)
     summary = json.loads((ref / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["step"] == steps and summary["resumed_from"] is None
 
@@ -129,23 +115,21 @@ def test_local_and_slurm_runs_complete_and_a_preempted_job_resumes_exactly(lidar
               slurm_env, job)
     assert not (run / "checkpoints" / f"iter_{steps:09d}.pt").exists(), "finished before it could be preempted"
     subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
-    _wait_for(lambda: _finished(run), 600, "the requeued job to finish", slurm_env, job)
+    _wait_for(lambda: run_finished(run), 600, "the requeued job to finish", slurm_env, job)
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["step"] == steps
     assert summary["resumed_from"] is not None, "the requeued job did not resume from a checkpoint"
     resumed_at = int(Path(summary["resumed_from"]).stem.split("_")[1])
     assert 15 <= resumed_at < steps
-    logs = _logs(run)
+    logs = submitit_logs(run)
     assert "SIGTERM: checkpointing at the next step" in logs
     # checkpoints, JIT exports and TensorBoard logs are all in the run folder
     assert (run / "checkpoints" / f"iter_{steps:09d}_enc.jit").exists()
     assert (run / "checkpoints" / f"iter_{steps:09d}_ae.jit").exists()
     assert list((run / "tb").glob("events.out.tfevents.*"))
     # the interrupted-and-resumed run ends exactly where the uninterrupted one does
-    final, reference = _final_model(run, steps), _final_model(ref, steps)
-    for key in reference:
-        assert torch.equal(final[key], reference[key]), key
+    assert_same_final_weights(run, ref, steps)
 
 
 @pytest.mark.slow
@@ -161,8 +145,8 @@ def test_time_limit_checkpoints_and_requeues_through_submitit(lidar_shards, tmp_
                   "--max-requeues", "30", *_overrides(lidar_shards, run, steps, **{"checkpoint.every": 5000,
                                                                                    "log.every": 250}))
     job = _job_id(res.stdout)
-    _wait_for(lambda: _finished(run), 3000, "the job to finish across time-outs", slurm_env, job)
-    logs = _logs(run)
+    _wait_for(lambda: run_finished(run), 3000, "the job to finish across time-outs", slurm_env, job)
+    logs = submitit_logs(run)
     assert "SIGURG (time-limit or preemption notice)" in logs
     assert "handing over to submitit to requeue" in logs
     summary = json.loads((run / "summary.json").read_text())

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import REPO, run_cli, tiny_overrides
+from conftest import REPO, assert_same_final_weights, run_cli, run_finished, submitit_logs, tiny_overrides
 
 sys.path.insert(0, str(REPO / "tests"))
 from helpers import netns  # noqa: E402
@@ -28,17 +27,6 @@ CONFIG = str(REPO / "configs" / "lidar_tokenizer.yaml")
 SCRIPT = REPO / "slurm" / "local-cluster.sh"
 _REASON = netns.unavailable_reason()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(_REASON is not None, reason=f"two-node tests: {_REASON}")]
-
-
-def _final_model(run: Path, step: int) -> dict:
-    return torch.load(run / "checkpoints" / f"iter_{step:09d}.pt", weights_only=True)["model"]
-
-
-def _assert_same_weights(run: Path, ref: Path, step: int) -> None:
-    final, reference = _final_model(run, step), _final_model(ref, step)
-    assert final.keys() == reference.keys()
-    for key in reference:
-        assert torch.equal(final[key], reference[key]), key
 
 
 def _summary(run: Path) -> dict:
@@ -118,7 +106,7 @@ def test_torchrun_two_nodes_in_namespaces_equals_one_node(lidar_shards, tmp_path
     assert [row["info/world_size"] for row in lines if "info/world_size" in row] == [2.0]
     # the namespaces share no loopback: a finished world of 2 means rendezvous and gloo went over the veth pair
     # an all-reduce of 2 float values is a + b on both ranks whichever rank holds which data: the same bits
-    _assert_same_weights(run, ref, steps)
+    assert_same_final_weights(run, ref, steps)
 
 
 # ------------------------------------------------------------------------------------------- two-node SLURM
@@ -173,15 +161,6 @@ def _wait_for(predicate, timeout, what, env, job_id, poll=0.2):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{detail}")
 
 
-def _finished(run: Path) -> bool:
-    path = run / "summary.json"
-    return path.exists() and json.loads(path.read_text()).get("status") == "finished"
-
-
-def _logs(run: Path) -> str:
-    return "\n".join(p.read_text(errors="replace") for p in sorted((run / "submitit").rglob("*_log.*")))
-
-
 def _job_state(env, job_id) -> str:
     out = _in_cluster(env, "scontrol", "show", "job", "-o", job_id).stdout
     return next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), "")
@@ -198,8 +177,8 @@ def test_slurm_two_nodes_and_a_requeued_job_resumes_bit_identical(lidar_shards, 
     assert not (run / "checkpoints" / f"iter_{steps:09d}.pt").exists(), "finished before it could be requeued"
     res = _in_cluster(slurm2, "scontrol", "requeue", job)
     assert res.returncode == 0, res.stderr
-    _wait_for(lambda: _finished(ref), 900, "the uninterrupted job to finish", slurm2, ref_job, poll=2)
-    _wait_for(lambda: _finished(run), 900, "the requeued job to finish", slurm2, job, poll=2)
+    _wait_for(lambda: run_finished(ref), 900, "the uninterrupted job to finish", slurm2, ref_job, poll=2)
+    _wait_for(lambda: run_finished(run), 900, "the requeued job to finish", slurm2, job, poll=2)
 
     for job_id in (ref_job, job):  # the jobs themselves end cleanly (exit 0), not only their training
         _wait_for(lambda: _job_state(slurm2, job_id) not in {"PENDING", "RUNNING", "COMPLETING", "REQUEUED"},
@@ -208,7 +187,7 @@ def test_slurm_two_nodes_and_a_requeued_job_resumes_bit_identical(lidar_shards, 
     for folder in (ref, run):
         summary = _summary(folder)
         assert summary["world_size"] == 2 and summary["step"] == steps, summary
-        logs = _logs(folder)
+        logs = submitit_logs(folder)
         # one rank on each node, rendezvous at n1's namespace address over the veth pair
         assert "rank 0: multi-node: MASTER_ADDR=10.77.0.1" in logs and "rank 1: multi-node: MASTER_ADDR=10.77.0.1" \
             in logs, logs[-3000:]
@@ -219,5 +198,5 @@ def test_slurm_two_nodes_and_a_requeued_job_resumes_bit_identical(lidar_shards, 
     summary = _summary(run)
     assert summary["resumed_from"] is not None, "the requeued job did not resume from a checkpoint"
     assert 10 <= int(Path(summary["resumed_from"]).stem.split("_")[1]) < steps
-    assert "SIGTERM: checkpointing at the next step" in _logs(run)
-    _assert_same_weights(run, ref, steps)
+    assert "SIGTERM: checkpointing at the next step" in submitit_logs(run)
+    assert_same_final_weights(run, ref, steps)
