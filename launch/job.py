@@ -85,12 +85,12 @@ class TrainJob(submitit.helpers.Checkpointable):
                       f"{left:.0f} s left)", file=sys.stderr, flush=True)
                 return
             print(f"[launch] rank {env.global_rank}: {name} (time-limit or preemption notice): checkpointing "
-                  "at the next step, then requeue", file=sys.stderr, flush=True)
+                  "at the next sync point (at most 10 steps), then requeue", file=sys.stderr, flush=True)
             trainer.request_stop(STOP_REQUEUE)
 
         def on_term(signum, frame):  # noqa: ARG001
-            print(f"[launch] rank {env.global_rank}: SIGTERM: checkpointing at the next step", file=sys.stderr,
-                  flush=True)
+            print(f"[launch] rank {env.global_rank}: SIGTERM: checkpointing at the next sync point "
+                  "(at most 10 steps)", file=sys.stderr, flush=True)
             trainer.request_stop(STOP_EXIT)
 
         for sig in {usr_sig, getattr(signal, self.NOTICE_SIGNAL)} - {None}:

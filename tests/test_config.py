@@ -25,7 +25,8 @@ def test_overrides_are_typed_and_applied():
     ("task.normalization=cubic", "task.normalization='cubic'"),
     ("task.name=nonexistent", "task.name='nonexistent' is unknown"),
     ("data.batch_size=0", "data.batch_size must be >= 1"),
-    ("train.strategy=deepspeed", "train.strategy='deepspeed'"),
+    ("train.strategy=zero", "train.strategy='zero' is not one of"),
+    ("deepspeed.stage=4", "deepspeed.stage=4 is not one of"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")) as info:

@@ -123,7 +123,7 @@ def test_local_and_slurm_runs_complete_and_a_preempted_job_resumes_exactly(lidar
     resumed_at = int(Path(summary["resumed_from"]).stem.split("_")[1])
     assert 15 <= resumed_at < steps
     logs = submitit_logs(run)
-    assert "SIGTERM: checkpointing at the next step" in logs
+    assert "SIGTERM: checkpointing at the next sync point" in logs
     # checkpoints, JIT exports and TensorBoard logs are all in the run folder
     assert (run / "checkpoints" / f"iter_{steps:09d}_enc.jit").exists()
     assert (run / "checkpoints" / f"iter_{steps:09d}_ae.jit").exists()

@@ -198,5 +198,5 @@ def test_slurm_two_nodes_and_a_requeued_job_resumes_bit_identical(lidar_shards, 
     summary = _summary(run)
     assert summary["resumed_from"] is not None, "the requeued job did not resume from a checkpoint"
     assert 10 <= int(Path(summary["resumed_from"]).stem.split("_")[1]) < steps
-    assert "SIGTERM: checkpointing at the next step" in submitit_logs(run)
+    assert "SIGTERM: checkpointing at the next sync point" in submitit_logs(run)
     assert_same_final_weights(run, ref, steps)

@@ -64,7 +64,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     """The loop. ``precision``: fp32 | bf16 | fp16 (fp16 uses loss scaling; needs CUDA or MPS).
-    ``device``: auto | cpu | cuda | mps. ``strategy``: ddp (DeepSpeed ZeRO is planned).
+    ``device``: auto | cpu | cuda | mps. ``strategy``: ddp | deepspeed (ZeRO stage etc. in the
+    ``deepspeed`` section; :mod:`toolkit.engine.strategy`).
 
     An optimizer step whose loss or gradient norm is not finite is skipped on every rank (counted as
     ``train/skipped_steps``); ``max_bad_steps`` skips in a row stop the run with an error."""
@@ -77,6 +78,26 @@ class TrainConfig:
     strategy: str = "ddp"
     find_unused_parameters: bool = False
     max_bad_steps: int = 20
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO settings, used when ``train.strategy=deepspeed`` (:mod:`toolkit.engine.strategy`).
+
+    ``stage``: ZeRO stage 1 (optimizer states partitioned), 2 (+ gradients) or 3 (+ parameters).
+    ``offload_optimizer`` / ``offload_param`` (stage 3 only): keep those partitions in CPU memory.
+    ``reduce_bucket_size`` / ``allgather_bucket_size``: communication bucket sizes in elements.
+    ``param_persistence_threshold``: (stage 3) parameters with fewer elements stay unpartitioned.
+    ``config``: path of a DeepSpeed JSON file whose keys are used (its ``zero_optimization`` replaces the
+    one built from the keys above); batch sizes, accumulation, clipping and precision stay the engine's."""
+
+    stage: int = 2
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    reduce_bucket_size: int = 500_000_000
+    allgather_bucket_size: int = 500_000_000
+    param_persistence_threshold: int = 100_000
+    config: str = ""
 
 
 @dataclass
@@ -143,6 +164,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -154,7 +176,8 @@ CHOICES = {
     "data.resume": ("exact", "reseed"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
-    "train.strategy": ("ddp",),
+    "train.strategy": ("ddp", "deepspeed"),
+    "deepspeed.stage": (1, 2, 3),
     "optim.schedule": ("cosine", "linear", "constant"),
 }
 POSITIVE = ("train.max_steps", "train.grad_accum", "data.batch_size", "checkpoint.keep", "log.every",
@@ -181,8 +204,7 @@ def validate(cfg: Config, source: str = "config") -> None:
     """
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
-            hint = " (DeepSpeed ZeRO is not available yet)" if key == "train.strategy" else ""
-            raise ConfigError(f"{source}: {key}={_get(cfg, key)!r} is not one of {list(allowed)}{hint}")
+            raise ConfigError(f"{source}: {key}={_get(cfg, key)!r} is not one of {list(allowed)}")
     for key in POSITIVE:  # integers >= 1, floats > 0
         value = _get(cfg, key)
         if isinstance(value, float) and not (math.isfinite(value) and value > 0):
@@ -198,6 +220,7 @@ def validate(cfg: Config, source: str = "config") -> None:
         value = _get(cfg, key)
         if not (low <= value <= high and (closed or value < high)):
             raise ConfigError(f"{source}: {key} must be in [{low:g}, {high:g}{']' if closed else ')'}, got {value}")
+    _validate_strategy(cfg, source)
     betas = list(cfg.optim.betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ConfigError(f"{source}: optim.betas must be 2 values in [0, 1), got {betas}")
@@ -206,6 +229,29 @@ def validate(cfg: Config, source: str = "config") -> None:
             cfg.task.validate()
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
+
+
+def _validate_strategy(cfg: Config, source: str) -> None:
+    """``deepspeed.*`` keys and their combinations with ``train.*`` (checked whatever the strategy, so a
+    bad section fails before a run is switched to it)."""
+    ds = cfg.deepspeed
+    for key in ("reduce_bucket_size", "allgather_bucket_size"):
+        if getattr(ds, key) < 1:
+            raise ConfigError(f"{source}: deepspeed.{key} must be >= 1 (elements), got {getattr(ds, key)}")
+    if ds.param_persistence_threshold < 0:
+        raise ConfigError(f"{source}: deepspeed.param_persistence_threshold must be >= 0, got "
+                          f"{ds.param_persistence_threshold}")
+    if ds.offload_param and ds.stage != 3:
+        raise ConfigError(f"{source}: deepspeed.offload_param=true needs deepspeed.stage=3, got stage {ds.stage}")
+    if ds.config and not Path(ds.config).is_file():
+        raise ConfigError(f"{source}: deepspeed.config: file '{ds.config}' does not exist (expected a DeepSpeed JSON)")
+    if cfg.train.strategy == "deepspeed":
+        if cfg.train.precision == "fp16":
+            raise ConfigError(f"{source}: train.precision=fp16 is not supported with train.strategy=deepspeed; "
+                              "use bf16 or fp32")
+        if cfg.train.find_unused_parameters:
+            raise ConfigError(f"{source}: train.find_unused_parameters is a DDP setting; it cannot be used with "
+                              "train.strategy=deepspeed")
 
 
 def _format_omegaconf_error(exc: OmegaConfBaseException, source: str) -> str:
@@ -249,7 +295,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     except ConfigError:
         raise
     except Exception as exc:  # YAML syntax errors and the like
-        raise ConfigError(f"{source}: cannot parse: {exc}") from exc
+        raise ConfigError(f"{source}: cannot parse: {_one_line(exc)}") from exc
 
     try:
         cfg = _build(raw, source)
@@ -314,6 +360,17 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return changes
+
+
+def _one_line(exc: BaseException) -> str:
+    """A parser's error on one line: a YAML error's problem and position (``line L, column C``)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem:
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        context = getattr(exc, "context", None)
+        return f"{problem}{where}" + (f" ({context})" if context else "")
+    return " ".join(str(exc).split())
 
 
 def run_dir(cfg: Config) -> Path:

@@ -117,7 +117,8 @@ def _train(cfg) -> int:
                 return
             first_interrupt = time.monotonic()
         hint = " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else ""
-        print(f"received {signal.Signals(signum).name}: checkpointing at the next step{hint}", file=sys.stderr, flush=True)
+        print(f"received {signal.Signals(signum).name}: checkpointing at the next sync point (at most 10 steps){hint}",
+              file=sys.stderr, flush=True)
         trainer.request_stop(STOP_EXIT)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
@@ -145,9 +146,21 @@ def _train(cfg) -> int:
     return 0
 
 
+def _leave_process_group() -> bool:
+    """Destroy the process group if one exists (True then): gloo processes sometimes abort at
+    interpreter exit ("terminate called without an active exception") unless the process exits right
+    after ``destroy_process_group()`` (issue 13's measurements)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+        return True
+    return False
+
+
 if __name__ == "__main__":
     code = main()
-    if code:  # exit now, even if a library left a thread or a process behind that would keep us waiting
+    if _leave_process_group() or code:  # exit now, even if a library left a thread or a process behind
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

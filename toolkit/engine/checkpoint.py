@@ -5,6 +5,9 @@ Layout of a run folder's ``checkpoints/`` (the only place that knows it)::
 
     iter_{N:09d}.pt              the training state at optimizer step N
     iter_{N:09d}_{suffix}.jit    TorchScript exports of the task (CPU, fp32), written before the .pt
+    iter_{N:09d}_zero/           train.strategy=deepspeed only: DeepSpeed's per-rank (sharded) optimizer
+                                 state, written before the .pt, which names it and holds each file's
+                                 SHA-256 (toolkit.engine.strategy); pruned and quarantined with the .pt
     quarantine/                  files that are not usable checkpoints of this run, moved aside (never deleted)
 
 Every file is written to ``NAME.tmp`` and renamed into place (:func:`toolkit.files.atomic_open`),
@@ -48,6 +51,7 @@ import io
 import os
 import random
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +62,7 @@ import torch
 from torch import nn
 
 from toolkit.engine.step import NonFiniteError
+from toolkit.engine.strategy import sharded_dir_name, sharded_dirs
 from toolkit.files import atomic_open, remove_stale_tmp
 
 CKPT_RE = re.compile(r"^iter_(\d{9})\.pt$")
@@ -201,6 +206,13 @@ class Checkpointer:
         """The export files of step ``step`` present in the folder."""
         return sorted(self.dir.glob(f"iter_{step:09d}_*.jit"))
 
+    def companions(self, step: int) -> list[Path]:
+        """Exports of step ``step`` and (``train.strategy=deepspeed``) its sharded-state folder
+        ``iter_N_zero/`` (:mod:`toolkit.engine.strategy`): what goes with ``iter_N.pt`` when it is pruned
+        or quarantined."""
+        folder = self.dir / sharded_dir_name(step)
+        return self.export_files(step) + ([folder] if folder.is_dir() else [])
+
     def list(self) -> list[tuple[int, Path]]:
         """Checkpoint files (``iter_N.pt``, usable or not) as (step, path), oldest first."""
         if not self.dir.is_dir():
@@ -286,8 +298,8 @@ class Checkpointer:
         for step, path in usable[: max(0, len(usable) - self.keep)]:
             path.unlink(missing_ok=True)
             self._verified.pop(path.name, None)
-            for extra in self.export_files(step):
-                extra.unlink(missing_ok=True)
+            for extra in self.companions(step):
+                shutil.rmtree(extra, ignore_errors=True) if extra.is_dir() else extra.unlink(missing_ok=True)
 
     # --- verification ------------------------------------------------------------------------------
     @staticmethod
@@ -357,7 +369,7 @@ class Checkpointer:
         qdir = self.dir / QUARANTINE
         qdir.mkdir(exist_ok=True)
         m = CKPT_RE.match(path.name)
-        files = [path] + (self.export_files(int(m.group(1))) if m else [])
+        files = [path] + (self.companions(int(m.group(1))) if m else [])
         n = 0
         while any((qdir / (f.name + (f".{n}" if n else ""))).exists() for f in files):
             n += 1
@@ -405,6 +417,10 @@ class Checkpointer:
             if (m := EXPORT_RE.match(p.name)) and int(m.group(1)) not in steps:
                 p.unlink()
                 _warn(f"removed orphaned export {p.name} (its checkpoint is gone)")
+        for step, folder in list(sharded_dirs(self.dir)):  # DeepSpeed state without its .pt, or a stale .tmp
+            if step is None or step not in steps:
+                shutil.rmtree(folder, ignore_errors=True)
+                _warn(f"removed {folder.name}/ (DeepSpeed state of an interrupted or removed checkpoint)")
         if chosen is not None:
             self._check_exports(*chosen)
         return chosen, ""

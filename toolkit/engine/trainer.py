@@ -17,7 +17,9 @@ coordinates; each component decides its own timing (as torchtitan's ``train()``)
 Starting again with the same run folder resumes from the newest usable checkpoint: model, EMA,
 optimizer, scheduler, loss scaler, step, every rank's RNG state and the saved data stream position
 (``data.resume=exact``); optimizer and schedule settings that the config changed since (``optim.*``,
-``train.max_steps``) are applied over the restored ones, and said so. A stop request
+``train.max_steps``) are applied over the restored ones, and said so. ``train.strategy=deepspeed``
+swaps Accelerate's DDP for DeepSpeed ZeRO behind adapters (:mod:`toolkit.engine.strategy`); the loop is
+the same, the full weights are gathered before pictures, validation and checkpoints. A stop request
 (SIGTERM/SIGUSR1/SIGINT via :meth:`Trainer.request_stop`, or a job scheduler) makes every rank stop
 together at the next sync point (at most :data:`SYNC_EVERY` steps later) and write a checkpoint first. Exports are built from the EMA
 weights when ``eval.ema`` is on and the run keeps an EMA, else from the model's.
@@ -50,6 +52,7 @@ from toolkit.engine.evaluator import Evaluator, Visualizer
 from toolkit.engine.lock import acquire_run_lock, release_run_lock
 from toolkit.engine.logger import RunLogger
 from toolkit.engine.optim import build_optimizer, build_scheduler, reapply_settings, schedule_settings
+from toolkit.engine.strategy import build_strategy
 from toolkit.engine.step import MetricWindow, TrainStep
 from toolkit.files import write_text
 from toolkit.tasks import build_task
@@ -106,15 +109,25 @@ class Trainer:
         self.ema = EMA(model, cfg.ema.decay, cfg.ema.warmup).to(self.device) if cfg.ema.enabled else None
         optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        # strategy hook (toolkit.engine.strategy): DDP through Accelerate, or DeepSpeed ZeRO behind adapters
+        self.strategy = build_strategy(cfg, acc, model, optimizer, self.run_dir / "checkpoints")
+        if self.strategy is None:
+            self.model, self.optimizer = acc.prepare(model, optimizer)
+            step_acc, step_ema, model_part, optim_part = acc, self.ema, self.unwrapped, self.optimizer
+        else:
+            s = self.strategy
+            self.model, self.optimizer = s.model, s.optimizer
+            step_acc, step_ema, model_part, optim_part = (s.step_accelerator, s.wrap_ema(self.ema), s.model_part,
+                                                          s.optimizer_part)
+        # end of the strategy hook
         self.settings = schedule_settings(self.optimizer, self.scheduler)  # the config's, re-applied on resume
         self.export_model = self.ema.module if self.ema is not None and cfg.eval.ema else self.unwrapped
 
-        self.train_step = TrainStep(acc, self.model, self.optimizer, self.scheduler, self.task, self.ema,
+        self.train_step = TrainStep(step_acc, self.model, self.optimizer, self.scheduler, self.task, step_ema,
                                     cfg.train.grad_accum, cfg.train.grad_clip, cfg.train.max_bad_steps,
                                     last_good=lambda: self.checkpointer.last_path,
                                     stop_request=lambda: self._stop_request)
-        parts = {"model": self.unwrapped, "ema": self.ema, "optimizer": self.optimizer, "scheduler": self.scheduler,
+        parts = {"model": model_part, "ema": self.ema, "optimizer": optim_part, "scheduler": self.scheduler,
                  "scaler": acc.scaler, "train_step": self.train_step}
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every, parts,
                                          self._exports if cfg.checkpoint.export_jit else None, acc, to_dict(cfg),
@@ -135,6 +148,10 @@ class Trainer:
 
     @property
     def unwrapped(self) -> torch.nn.Module:
+        """The plain model; under DeepSpeed the plain copy holding the full weights as gathered last
+        (before pictures, validation and checkpoints: :meth:`_gather_full_weights`)."""
+        if getattr(self, "strategy", None) is not None:
+            return self.strategy.template
         return self.accelerator.unwrap_model(self.model)
 
     @property
@@ -176,6 +193,7 @@ class Trainer:
                     self.logger.advance(self.step, self.window.mean_loss if synced else None)
                     if self.window.due(self.step):
                         self._log_training()
+                    self._gather_full_weights()  # strategy hook: DeepSpeed's full weights, every rank
                     if self.visualizer.due(self.step):
                         self.visualizer.log(self.step, self.unwrapped, self.device, self.logger, self.train_step.last_batch)
                     if self.evaluator.due(self.step):
@@ -188,6 +206,13 @@ class Trainer:
                         self.logger.print(f"stop requested: checkpointed at step {self.step} and stopping")
                         break
             return self._finish(status, stop, time.time() - t_start)
+
+    def _gather_full_weights(self) -> None:
+        """Under DeepSpeed, on every rank, before a step's pictures or validation: gather the full weights
+        into :attr:`unwrapped` (ZeRO-3 all-gathers; the visualizer runs on the main process only)."""
+        v = self.visualizer
+        if self.strategy is not None and ((v.every and self.step % v.every == 0) or self.evaluator.due(self.step)):
+            self.strategy.full_model()
 
     def _sync_due(self, step: int) -> bool:
         """Read the ranks' agreement (stop, skipped steps) at this step? Every :data:`SYNC_EVERY` steps
@@ -304,6 +329,8 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write ``iter_{step}.pt`` (+ exports) on the main process; every rank must call it."""
+        if self.strategy is not None:  # DeepSpeed's sharded state first (every rank), full weights gathered
+            self.strategy.before_save(self.step)
         path = self.checkpointer.save(self.step, self._data_position())
         if path is not None:
             self.logger.print(f"saved {path}")
