@@ -148,3 +148,80 @@ def test_fused_only_loss_and_the_ablation_train_in_the_engine(tmp_path, extra):
         assert all(isinstance(b, PairwiseFeedForward) for b in net.fusion.blocks)
         assert not any("a_from_b" in name for name, _ in net.named_parameters())
     assert ev["val/retrieval_pairs"] == 3 and "val/i2l_recall@1" in ev
+
+
+class _PerfectScorer(torch.nn.Module):
+    """A pair scorer that knows the truth: every token of sample i holds the value i, the score of a pair is
+    -(i - j)^2 (0 for the partner, < 0 otherwise)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))  # rerank_recall reads the device from a parameter
+
+    def fused_pair_scores(self, image_tokens, lidar_tokens):
+        return -(image_tokens.flatten(1)[:, 0] - lidar_tokens.flatten(1)[:, 0]) ** 2
+
+
+def test_a_perfect_head_reranks_shuffled_candidates_and_misses_stay_misses():
+    from toolkit.tasks.common.retrieval import partner_ranks
+    from toolkit.tasks.token_fusion.rerank import rerank_recall
+
+    N = 24
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(N, 8, generator=g), dim=1)
+    lid = torch.nn.functional.normalize(torch.randn(N, 8, generator=g), dim=1)  # unrelated: candidates in random order
+    ids = torch.arange(N, dtype=torch.float32)
+    img_tokens, lid_tokens = ids.view(N, 1, 1, 1).expand(N, 2, 3, 4), ids.view(N, 1, 1).expand(N, 5, 4)
+    model = _PerfectScorer()
+    ranks = {"i2l": partner_ranks(img, lid), "l2i": partner_ranks(lid, img)}
+    assert float((ranks["i2l"] == 0).double().mean()) < 0.5  # the contrastive order alone gets most wrong
+    full = rerank_recall(model, img, lid, img_tokens, lid_tokens, k_top=N, ks=(1, 5), chunk=7)
+    assert full["i2l_rerank_recall@1"] == 100.0 and full["l2i_rerank_recall@1"] == 100.0
+    # K = 3: a partner among the 3 candidates moves to rank 0, one outside keeps its contrastive rank (>= 3)
+    part = rerank_recall(model, img, lid, img_tokens, lid_tokens, k_top=3, ks=(1, 5), chunk=5)
+    for name in ("i2l", "l2i"):
+        r = ranks[name]
+        assert part[f"{name}_rerank_recall@1"] == pytest.approx(100.0 * float((r < 3).double().mean()))
+        assert part[f"{name}_rerank_recall@5"] == pytest.approx(100.0 * float((r < 5).double().mean()))
+    assert model.training  # the training flag is restored
+
+
+def test_hard_negatives_never_pick_the_partner_and_follow_the_similarity():
+    from toolkit.tasks.token_fusion.model import hard_negatives
+
+    torch.manual_seed(0)
+    B = 6
+    emb = torch.nn.functional.normalize(torch.randn(B, 16), dim=1)
+    # each pair is its own most similar row, and row i's nearest non-partner is row (i + 1) % B
+    lid = torch.nn.functional.normalize(emb + 0.6 * emb.roll(-1, 0), dim=1)
+    picks_lid, picks_img = [], []
+    for _ in range(300):
+        neg_lid, neg_img = hard_negatives(emb, lid, sample=True)
+        assert neg_lid.shape == (B,) and neg_img.shape == (B,) and neg_lid.dtype == torch.int64
+        picks_lid.append(neg_lid)
+        picks_img.append(neg_img)
+    picks_lid, picks_img = torch.stack(picks_lid), torch.stack(picks_img)
+    rows = torch.arange(B)
+    assert not (picks_lid == rows).any() and not (picks_img == rows).any()
+    # softmax(cos / 0.1) sampling: the most similar non-partner is the most frequent draw of every image
+    sim = (emb @ lid.T).masked_fill(torch.eye(B, dtype=torch.bool), float("-inf"))
+    counts = torch.stack([(picks_lid == j).sum(0) for j in range(B)], 1)  # (B images, B scans)
+    assert torch.equal(counts.argmax(1), sim.argmax(1))
+    assert len(set(picks_lid[:, 0].tolist())) > 1  # sampled, not always the argmax
+    det_lid, det_img = hard_negatives(emb, lid, sample=False)
+    assert torch.equal(det_lid, sim.argmax(1)) and torch.equal(det_img, sim.argmax(0))
+
+
+def test_match_head_starts_as_the_post_fusion_cosine_and_gets_gradient():
+    from toolkit.tasks.token_fusion.model import MatchHead
+
+    torch.manual_seed(0)
+    head = MatchHead(8, 6, 6)
+    u = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    v = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    fused = torch.randn(5, 6, requires_grad=True)
+    logits = head(u, v, fused)
+    torch.testing.assert_close(logits, 10.0 * (u * v).sum(1) - 5.0)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 0, 0, 1, 0])).backward()
+    # the zero-initialised last layer gets gradient at once, so the MLP path trains from step 1
+    assert head.mlp[3].weight.grad.abs().sum() > 0 and head.scale.grad != 0 and head.bias.grad != 0

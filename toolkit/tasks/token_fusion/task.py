@@ -18,9 +18,11 @@ Loss (``task.loss``):
 * ``pre_fusion``: symmetric InfoNCE (CLIP; :func:`toolkit.tasks.cilp.loss.clip_loss`: gathered over ranks
   with gradients, local loss, learnable temperature clamped to ln 100) between the pooled, projected image
   tokens (six cameras) and LiDAR tokens *before* fusion (``train/contrastive``);
-* ``pre_fusion+fused`` (default): plus ``match_weight`` x binary cross-entropy of the matching head on the
-  fused embedding of the true pairs and of in-batch hard negatives (ALBEF's image-text matching,
-  ``train/match``; negatives drawn by similarity from this rank's batch);
+* ``pre_fusion+fused`` (default): plus ``match_weight`` x binary cross-entropy of the matching head
+  (:class:`~.model.MatchHead`: the cosine of the pair's post-fusion poolings, scaled, plus an MLP on their
+  product, difference and the fused embedding) on the true pairs and on in-batch hard negatives (ALBEF's
+  image-text matching, ``train/match``; one negative scan per image and one negative image per scan, drawn
+  with probability softmax(cosine / 0.1) over the non-partners of this rank's batch);
 * ``fused_only``: the seed's objective, InfoNCE between the same projections of the tokens *after* fusion
   (``train/contrastive_fused``): each side has attended to its partner, so the loss falls towards 0 while the
   pre-fusion embeddings stay unaligned (logged: ``train/contrastive_pre_fusion``, never trained).
