@@ -235,7 +235,10 @@ def test_index_bench_measures_recall_against_exact_search():
     bad sizes are one-line errors (exit 2)."""
     from toolkit.bench import bench_index
 
+    threads = torch.get_num_threads()
     out = bench_index(n=10_000, dim=32, queries=200, threads=1)
+    # OpenMP's thread count is process-wide: later torch work in this process must keep its threads
+    assert torch.get_num_threads() == threads and out["index_threads"] == 1
     assert out["ivfpq_params"].startswith("IVF256,PQ16x8")  # nlist = 2^floor(log2(4 sqrt(n))), m = dim / 2
     for name in ("hnsw", "ivfpq", "ivfpq_refine"):
         assert 0.0 <= out[f"{name}_recall@10"] <= 1.0 and out[f"{name}_qps"] > 0 and out[f"{name}_sweep"]

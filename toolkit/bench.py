@@ -261,8 +261,21 @@ def bench_index(n: int = 100_000, dim: int = 256, queries: int = 1000, k: int = 
 
     if dim % 2:
         raise ValueError(f"--dim must be even for dim / 2 PQ sub-quantizers, got {dim}")
+    # OpenMP's thread count is process-wide (torch's intra-op pool shares it): restore it afterwards, so a
+    # caller's later torch work runs with the threads it had (bit-identical results depend on it)
+    previous = faiss.omp_get_max_threads()
     if threads:
         faiss.omp_set_num_threads(threads)
+    try:
+        return _bench_index(faiss, n, dim, queries, k, target, build_index, IndexParams, bytes_per_vector,
+                            set_search_params)
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def _bench_index(faiss, n, dim, queries, k, target, build_index, IndexParams, bytes_per_vector,
+                 set_search_params) -> dict:
+    """The body of :func:`bench_index`, with Faiss' thread count already set."""
     x = clustered_embeddings(n + queries, dim)
     base, q = np.ascontiguousarray(x[:n]), np.ascontiguousarray(x[n:])
     out: dict = {"index_n": n, "index_dim": dim, "index_queries": queries, "index_k": k,

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"error: {msg}\n")  # one write: ranks sharing a pipe do not split each other's lines
+    sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
