@@ -19,6 +19,7 @@ when the writer (``torch.save``) wrapped the ``OSError`` in an exception of its 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 from typing import IO, Iterator
@@ -118,3 +119,12 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_open(path) as f:
         f.write(data)
     return Path(path)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoint and export integrity checks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -63,7 +63,7 @@ from torch import nn
 
 from toolkit.engine.step import NonFiniteError
 from toolkit.engine.strategy import sharded_dir_name, sharded_dirs
-from toolkit.files import atomic_open, remove_stale_tmp
+from toolkit.files import atomic_open, file_sha256, remove_stale_tmp
 
 CKPT_RE = re.compile(r"^iter_(\d{9})\.pt$")
 EXPORT_RE = re.compile(r"^iter_(\d{9})_.+\.jit$")
@@ -143,13 +143,6 @@ def non_finite_entries(state: dict, prefix: str = "") -> list[str]:
 def _shapes(state_dict: dict) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
 
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _warn(msg: str) -> None:
@@ -431,7 +424,7 @@ class Checkpointer:
         recorded = (state.get(INTEGRITY) or {}).get("exports") or {}
         missing = [self.export_path(step, s).name for s in recorded if not self.export_path(step, s).exists()]
         damaged = [self.export_path(step, s).name for s, h in recorded.items()
-                   if self.export_path(step, s).exists() and _file_sha256(self.export_path(step, s)) != h]
+                   if self.export_path(step, s).exists() and file_sha256(self.export_path(step, s)) != h]
         if missing:
             _warn(f"{path.name}: its exports are missing: {', '.join(missing)}")
         if damaged:

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -54,6 +53,7 @@ import torch
 from torch import nn
 
 from toolkit.config import ConfigError
+from toolkit.files import file_sha256
 
 SHARDED_SUFFIX = "_zero"  #: ``iter_{N:09d}_zero/``: DeepSpeed's sharded state of step N
 
@@ -116,13 +116,6 @@ def deepspeed_config(cfg, world_size: int) -> dict:
                                    "lower_precision_safe_modules": []}})
     return out
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _ensure_dist_env() -> None:
@@ -273,7 +266,7 @@ class ShardedState:
             f = folder / name
             if not f.is_file():
                 raise ValueError(f"its DeepSpeed state file '{f}' is missing")
-            if _sha256(f) != digest:
+            if file_sha256(f) != digest:
                 raise ValueError(f"its DeepSpeed state file '{f}' is damaged (SHA-256 mismatch)")
         path, _client = s.engine.load_checkpoint(str(s.directory), tag=state["dir"], load_optimizer_states=True,
                                                  load_lr_scheduler_states=False, load_module_strict=True)
@@ -364,7 +357,7 @@ class DeepSpeedStrategy:
                 (self.directory / script).unlink(missing_ok=True)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            files = {str(p.relative_to(final)): _sha256(p) for p in sorted(final.rglob("*")) if p.is_file()}
+            files = {str(p.relative_to(final)): file_sha256(p) for p in sorted(final.rglob("*")) if p.is_file()}
         self.accelerator.wait_for_everyone()
         self.saved = {"strategy": "deepspeed", "zero_stage": self.stage, "world_size": self.world_size,
                       "dir": name, "files": files}
