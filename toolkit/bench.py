@@ -9,8 +9,9 @@
   Ratio > 1 means the pipeline is faster than the bare loop.
 * ``engine``: seconds per optimizer step of the real :class:`~toolkit.engine.trainer.Trainer` loop
   (data from shards, EMA, logging, stop-trigger checks; checkpoints and evaluation off) against a bare
-  PyTorch loop (forward, backward, clip, AdamW step) with the same model, batch size and precision on
-  batches already in memory. Ratio = engine / bare (1.0 = no overhead).
+  PyTorch loop (next batch, forward, backward, clip, AdamW step) with the same model, batch size, precision
+  and training loader, run before and after the engine; medians of 5-step means. Ratio = engine / bare
+  (1.0 = no overhead).
 * ``cameras``: samples/s of the training loader on multi-sensor shards (:mod:`toolkit.data.multisensor`:
   six JPEGs decoded in the workers and resized with Simple-BEV's train-time jitter to ``--image-size``,
   40000 points, BEV targets on the 200 x 200 grid) against two bare single-process loops over the same tar
@@ -149,18 +150,19 @@ def bench_cameras(shards: str, samples: int = 48, workers: int = 2, batch_size: 
             "cameras_samples": n, "cameras_shards": len(urls)}
 
 
-def bench_engine(cfg, steps: int = 30, warmup: int = 5) -> dict:
-    """Seconds per step of the Trainer loop vs a bare PyTorch loop (same model, batch, precision)."""
-    from toolkit.config import to_dict
-    from toolkit.data.pipeline import train_loader
-    from toolkit.engine.device import check_precision, select_device
-    from toolkit.engine.optim import build_optimizer
+def bench_engine(cfg, steps: int = 60, warmup: int = 5, window: int = 5) -> dict:
+    """Seconds per step of the Trainer loop vs a bare PyTorch loop (same model, batch, precision, loader).
+
+    Both loops take their batches from the same training loader (``data.num_workers`` workers), so the ratio
+    is the engine's own overhead (Accelerate, loss bookkeeping, EMA, stop/non-finite agreement, logging); the
+    loader is measured against a bare tar loop by :func:`bench_loader`. Each figure is the median over
+    ``window``-step means after ``warmup`` steps; the bare loop runs once before and once after the engine
+    and their medians are averaged, so a drift of the machine's speed during the run cancels out.
+    """
+    from toolkit.config import from_dict, to_dict
     from toolkit.engine.trainer import Trainer
-    from toolkit.tasks import build_task
 
     with tempfile.TemporaryDirectory() as tmp:
-        from toolkit.config import from_dict
-
         raw = to_dict(cfg)
         raw["run"]["dir"] = tmp
         raw["train"]["max_steps"] = warmup + steps
@@ -170,35 +172,56 @@ def bench_engine(cfg, steps: int = 30, warmup: int = 5) -> dict:
         raw["data"]["val"] = ""
         raw["log"]["image_every"] = 0
         raw["log"]["progress"] = False
-        raw["log"]["every"] = warmup  # one window for warm-up, the rest for the measurement
+        raw["log"]["every"] = window
         ecfg = from_dict(raw, source="bench")
+        before = _bare_steps(cfg, steps, warmup, window)
         trainer = Trainer(ecfg)
         with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
             trainer.fit()
+        after = _bare_steps(cfg, steps, warmup, window)
         rows = [json.loads(line) for line in open(f"{tmp}/metrics.jsonl") if '"perf/step_time_s"' in line]
-        engine_step = float(np.mean([r["perf/step_time_s"] for r in rows[1:]])) if len(rows) > 1 else rows[0]["perf/step_time_s"]
+        rows = [r for r in rows if r["step"] > warmup] or rows
+        engine_step = float(np.median([r["perf/step_time_s"] for r in rows]))
+    bare_step = 0.5 * (before + after)
+    return {"engine_step_s": round(engine_step, 4), "bare_step_s": round(bare_step, 4),
+            "bare_step_s_before_after": [round(before, 4), round(after, 4)],
+            "engine_vs_bare_ratio": round(engine_step / bare_step, 3), "steps": steps, "device": str(device_of(cfg)),
+            "precision": cfg.train.precision, "batch_size": cfg.data.batch_size,
+            "loader_workers": cfg.data.num_workers}
 
-    # bare loop: the same model and batches, already in memory
-    device = torch.device(select_device(cfg.train.device))
+
+def device_of(cfg) -> torch.device:
+    from toolkit.engine.device import select_device
+
+    return torch.device(select_device(cfg.train.device))
+
+
+def _bare_steps(cfg, steps: int, warmup: int, window: int) -> float:
+    """Median over ``window``-step means of a bare loop: next batch from the training loader, forward,
+    backward, clip, AdamW step (the engine's optimizer), zero_grad; s/step."""
+    from toolkit.data.pipeline import train_loader
+    from toolkit.engine.device import check_precision
+    from toolkit.engine.optim import build_optimizer
+    from toolkit.tasks import build_task
+
+    device = device_of(cfg)
     mixed = check_precision(device.type, cfg.train.precision)
     task = build_task(cfg.task)
     torch.manual_seed(cfg.run.seed)
     model = task.build_model().to(device)
     opt = build_optimizer(model, cfg.optim)
     loader = iter(train_loader(cfg.data.train, task.decode_train, cfg.data.batch_size, seed=cfg.run.seed,
-                               num_workers=0, shuffle_buffer=cfg.data.shuffle_buffer))
-    batches = []
-    for _ in range(min(8, warmup + steps)):
-        b = next(loader)
-        batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
+                               num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
+                               keys=task.shard_keys))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     scaler = torch.amp.GradScaler(device.type) if mixed == "fp16" else None
     times = []
-    for i in range(warmup + steps):
+    for _ in range(warmup + steps):
         t0 = time.perf_counter()
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in next(loader).items()}
         with autocast():
-            loss = task.losses(model, batches[i % len(batches)]).total()
+            loss = task.losses(model, batch).total()
         if scaler:
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
@@ -210,10 +233,10 @@ def bench_engine(cfg, steps: int = 30, warmup: int = 5) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    bare_step = float(np.mean(times[warmup:]))
-    return {"engine_step_s": round(engine_step, 4), "bare_step_s": round(bare_step, 4),
-            "engine_vs_bare_ratio": round(engine_step / bare_step, 3), "steps": steps, "device": str(device),
-            "precision": cfg.train.precision, "batch_size": cfg.data.batch_size}
+    measured = times[warmup:]
+    windows = [float(np.mean(measured[i:i + window])) for i in range(0, len(measured) - window + 1, window)]
+    del loader
+    return float(np.median(windows))
 
 
 def clustered_embeddings(n: int, dim: int, clusters: int = 100, subspace: int = 16, seed: int = 0) -> np.ndarray:
@@ -393,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", default="400x224", metavar="WxH", help="decoded image size (cameras; default 400x224)")
     p.add_argument("--workers", type=int_at_least(0), default=2, help="loader workers (cameras; default 2)")
     p.add_argument("--batch-size", type=int_at_least(1), default=4, help="batch size (cameras; default 4)")
-    p.add_argument("--steps", type=int_at_least(1), default=30, help="measured optimizer steps (engine)")
+    p.add_argument("--steps", type=int_at_least(1), default=60, help="measured optimizer steps (engine; default 60)")
     p.add_argument("--warmup", type=int_at_least(0), default=5, help="warm-up steps not measured (engine)")
     p.add_argument("--samples", type=int_at_least(1), default=None, help="samples to read (loader: default 512, cameras: 48)")
     p.add_argument("--nproc", type=int_at_least(1), default=2, help="ranks per strategy run (strategies; default 2)")
