@@ -158,3 +158,40 @@ def test_exported_model_runs_without_toolkit_and_matches_eager(tmp_path):
     res = run_cli([sys.executable, "-c", script], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "ok ['encoder', 'model']" in res.stdout
+
+
+def test_seg_head_starts_at_the_prior_probability():
+    from toolkit.tasks.bev.decoder import BEVDecoder
+
+    torch.manual_seed(0)
+    bev = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        seg, _, _ = BEVDecoder(8, width=4, seg_prior=0.02)(bev)
+        seg_default, _, _ = BEVDecoder(8, width=4)(bev)
+    assert abs(torch.sigmoid(seg).median().item() - 0.02) < 0.01
+    assert abs(torch.sigmoid(seg_default).median().item() - 0.02) > 0.1
+    with pytest.raises(ValueError, match="seg_prior"):
+        BEVDecoder(8, width=4, seg_prior=1.0)
+
+
+@pytest.mark.slow
+def test_predict_and_evaluate_cli_on_a_trained_run(tmp_path):
+    """A 4-step run; ``toolkit.predict`` writes one PNG per sample with the IoU in its title and
+    ``toolkit.evaluate`` the IoU table as JSON, both from the eager checkpoint."""
+    from PIL import Image
+
+    shard, run = _example_shard(tmp_path), tmp_path / "run"
+    res = run_cli(["-m", "toolkit.train", *_tiny_overrides(shard, run, **{"task.inputs": "cam+lidar"})], timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_cli(["-m", "toolkit.predict", "--task", "bev", "--run", str(run), "--shards", str(shard),
+                   "--out", str(tmp_path / "pred"), "--max-samples", "2"], timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    pngs = sorted((tmp_path / "pred").glob("*.png"))
+    assert len(pngs) == 2 and res.stdout.count("wrote ") == 2
+    assert min(Image.open(p).size) > 200
+    res = run_cli(["-m", "toolkit.evaluate", "--task", "bev", "--run", str(run), "--shards", str(shard),
+                   "--json", str(tmp_path / "eval.json")], timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    flat = json.dumps(metrics)
+    assert "iou" in flat and "iou_all" in flat and "iou_30m" in flat

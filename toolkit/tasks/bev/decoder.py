@@ -10,6 +10,8 @@ Heads: conv3x3 + norm + ReLU + conv1x1. ``Z`` and ``X`` must be multiples of 8. 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,9 +52,12 @@ class BEVDecoder(nn.Module):
         width: channels of the trunk's first layer (FIERY: 64; layers use 1x, 2x, 4x) and of the
             upsampling path and heads (2x width = 128 as FIERY).
         norm: ``instance`` (Simple-BEV) or ``batch`` (FIERY).
+        seg_prior: initial foreground probability of the seg head: its last bias starts at
+            ``log(p / (1 - p))`` (the prior initialisation of RetinaNet, Lin et al. 2017), so training starts
+            at the share of vehicle cells instead of 0.5; 0 leaves PyTorch's default initialisation.
     """
 
-    def __init__(self, in_channels: int, width: int = 64, norm: str = "instance"):
+    def __init__(self, in_channels: int, width: int = 64, norm: str = "instance", seg_prior: float = 0.0):
         super().__init__()
         w1, w2, w3, up = width, width * 2, width * 4, width * 2
         self.stem = nn.Sequential(nn.Conv2d(in_channels, w1, 7, 2, 3, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True))
@@ -65,6 +70,10 @@ class BEVDecoder(nn.Module):
         self.seg = _head(up, 1, norm)
         self.center = _head(up, 1, norm)
         self.offset = _head(up, 2, norm)
+        if not 0.0 <= seg_prior < 1.0:
+            raise ValueError(f"task.seg_prior must be in [0, 1), got {seg_prior}")
+        if seg_prior > 0.0:
+            nn.init.constant_(self.seg[-1].bias, math.log(seg_prior / (1.0 - seg_prior)))
 
     def forward(self, bev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x1 = self.layer1(self.stem(bev))

@@ -94,6 +94,7 @@ class BEVSegNet(nn.Module):
         encoder, encoder_base, feat_channels, merge_channels: :class:`ImageEncoder` settings.
         decoder_width, decoder_norm: :class:`BEVDecoder` settings.
         uncertainty: hold the learnable log-variances of the loss weighting (``weights``; not used in forward).
+        seg_prior: initial foreground probability of the seg head (:class:`BEVDecoder`; 0 = default init).
 
     ``forward(images, intrinsics, cam2ego, points, points_mask)`` returns ``(seg, center, offset)``; the
     unused inputs of a ``lidar`` or ``cam`` model may be empty tensors.
@@ -104,7 +105,7 @@ class BEVSegNet(nn.Module):
 
     def __init__(self, grid: BEVGrid, image_size: tuple[int, int], inputs: str = "cam", encoder: str = "resnet101",
                  encoder_base: int = 64, feat_channels: int = 128, merge_channels: int = 512, decoder_width: int = 64,
-                 decoder_norm: str = "instance", uncertainty: bool = True):
+                 decoder_norm: str = "instance", uncertainty: bool = True, seg_prior: float = 0.0):
         super().__init__()
         if inputs not in INPUTS:
             raise ValueError(f"task.inputs must be one of {list(INPUTS)}, got {inputs!r}")
@@ -124,7 +125,7 @@ class BEVSegNet(nn.Module):
         cin = (feat_channels * grid.z_cells if self.use_cam else 0) + (grid.z_cells if self.use_lidar else 0)
         self.compressor = nn.Sequential(nn.Conv2d(cin, feat_channels, 3, 1, 1, bias=False),
                                         nn.InstanceNorm2d(feat_channels), nn.GELU())
-        self.decoder = BEVDecoder(feat_channels, decoder_width, decoder_norm)
+        self.decoder = BEVDecoder(feat_channels, decoder_width, decoder_norm, seg_prior)
         self.weights = UncertaintyWeights() if uncertainty else None
 
     def bev_features(self, images: torch.Tensor, intrinsics: torch.Tensor, cam2ego: torch.Tensor,

@@ -70,7 +70,9 @@ def run(args) -> dict:
             if i >= args.max_samples:
                 break
             key = str(batch.pop("key", [f"sample{i}"])[0])
-            seg = model(*task.export_inputs(batch)["model"])[:, :1]
+            with torch.no_grad():
+                pred = model(*task.export_inputs(batch)["model"])  # eager: (seg, center, offset)
+            seg = pred[0] if isinstance(pred, (tuple, list)) else pred[:, :1]
             inter = float(((seg > 0) & (batch["seg"] > 0.5) & (batch["valid"] > 0.5)).sum())
             union = float((((seg > 0) | (batch["seg"] > 0.5)) & (batch["valid"] > 0.5)).sum())
             title = f"{key}   IoU {inter / union:.3f}" if union else key

@@ -58,6 +58,7 @@ class BEVConfig:
         decoder_width: FIERY trunk width (64); decoder_norm: ``instance`` (Simple-BEV) or ``batch`` (FIERY).
         loss_weighting: ``uncertainty`` or ``fixed``; seg_scale: factor on the seg term (Simple-BEV 10);
         pos_weight: seg BCE positive weight (2.13).
+        seg_prior: initial vehicle probability of the seg head (RetinaNet's prior initialisation; 0 = none).
         ncams: cameras per training sample (random subset when < 6; evaluation uses all).
         near_m: half side of the short-range IoU square, m (FIERY's 30 x 30 m: 15).
         sample: how samples are decoded (image size, jitter, points, BEV grid, targets).
@@ -75,6 +76,7 @@ class BEVConfig:
     loss_weighting: str = "uncertainty"
     seg_scale: float = 1.0
     pos_weight: float = 2.13
+    seg_prior: float = 0.0
     ncams: int = 6
     near_m: float = 15.0
     sample: MultiSensorConfig = field(default_factory=_tiny_sample)
@@ -86,6 +88,8 @@ class BEVConfig:
             raise ValueError(f"task.encoder must be one of {list(ENCODERS)}, got {self.encoder!r}")
         if self.loss_weighting not in ("uncertainty", "fixed"):
             raise ValueError(f"task.loss_weighting must be 'uncertainty' or 'fixed', got {self.loss_weighting!r}")
+        if not 0.0 <= self.seg_prior < 1.0:
+            raise ValueError(f"task.seg_prior must be in [0, 1), got {self.seg_prior}")
         if not 1 <= self.ncams <= 6:
             raise ValueError(f"task.ncams must be in 1..6, got {self.ncams}")
         if self.encoder_weights and not Path(self.encoder_weights).is_file():
@@ -149,7 +153,7 @@ class BEVTask(Task):
         c = self.cfg
         net = BEVSegNet(self._grid, (c.sample.image_height, c.sample.image_width), c.inputs, c.encoder, c.encoder_base,
                         c.feat_channels, c.merge_channels, c.decoder_width, c.decoder_norm,
-                        uncertainty=c.loss_weighting == "uncertainty")
+                        uncertainty=c.loss_weighting == "uncertainty", seg_prior=c.seg_prior)
         if c.encoder_weights and c.inputs != "lidar":
             state = torch.load(c.encoder_weights, map_location="cpu", weights_only=True)
             missing, _ = net.encoder.trunk.load_state_dict(state, strict=False)
