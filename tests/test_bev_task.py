@@ -188,7 +188,7 @@ def test_predict_and_evaluate_cli_on_a_trained_run(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     pngs = sorted((tmp_path / "pred").glob("*.png"))
     assert len(pngs) == 2 and res.stdout.count("wrote ") == 2
-    assert min(Image.open(p).size) > 200
+    assert all(min(Image.open(p).size) > 200 for p in pngs)
     res = run_cli(["-m", "toolkit.evaluate", "--task", "bev", "--run", str(run), "--shards", str(shard),
                    "--json", str(tmp_path / "eval.json")], timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
