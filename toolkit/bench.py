@@ -162,6 +162,7 @@ def bench_engine(cfg, steps: int = 60, warmup: int = 5, window: int = 5) -> dict
     from toolkit.config import from_dict, to_dict
     from toolkit.engine.trainer import Trainer
 
+    window = max(1, min(window, steps))  # a short run (--steps < 5) is one window per step
     with tempfile.TemporaryDirectory() as tmp:
         raw = to_dict(cfg)
         raw["run"]["dir"] = tmp
