@@ -186,12 +186,12 @@ def bench_engine(cfg, steps: int = 60, warmup: int = 5, window: int = 5) -> dict
     bare_step = 0.5 * (before + after)
     return {"engine_step_s": round(engine_step, 4), "bare_step_s": round(bare_step, 4),
             "bare_step_s_before_after": [round(before, 4), round(after, 4)],
-            "engine_vs_bare_ratio": round(engine_step / bare_step, 3), "steps": steps, "device": str(device_of(cfg)),
+            "engine_vs_bare_ratio": round(engine_step / bare_step, 3), "steps": steps, "device": str(_device(cfg)),
             "precision": cfg.train.precision, "batch_size": cfg.data.batch_size,
             "loader_workers": cfg.data.num_workers}
 
 
-def device_of(cfg) -> torch.device:
+def _device(cfg) -> torch.device:
     from toolkit.engine.device import select_device
 
     return torch.device(select_device(cfg.train.device))
@@ -205,7 +205,7 @@ def _bare_steps(cfg, steps: int, warmup: int, window: int) -> float:
     from toolkit.engine.optim import build_optimizer
     from toolkit.tasks import build_task
 
-    device = device_of(cfg)
+    device = _device(cfg)
     mixed = check_precision(device.type, cfg.train.precision)
     task = build_task(cfg.task)
     torch.manual_seed(cfg.run.seed)

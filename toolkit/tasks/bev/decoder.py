@@ -71,7 +71,7 @@ class BEVDecoder(nn.Module):
         self.center = _head(up, 1, norm)
         self.offset = _head(up, 2, norm)
         if not 0.0 <= seg_prior < 1.0:
-            raise ValueError(f"task.seg_prior must be in [0, 1), got {seg_prior}")
+            raise ValueError(f"seg_prior must be in [0, 1), got {seg_prior}")
         if seg_prior > 0.0:
             nn.init.constant_(self.seg[-1].bias, math.log(seg_prior / (1.0 - seg_prior)))
 
