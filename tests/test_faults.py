@@ -279,7 +279,9 @@ def test_second_writer_exits_2_within_5_s_and_leaves_the_first_run_alone(lidar_s
 # --- 5. signals, kill -9, data that never yields ---------------------------------------------------------
 def test_sigint_checkpoints_and_exits_and_a_second_one_aborts(lidar_shards, tmp_path):
     """Ctrl-C: a checkpoint at the next step and exit 0, as SIGTERM (checkpoint.every=0: only then).
-    Resumed, Ctrl-C twice: the second aborts at once (exit 130); the earlier checkpoint stays usable."""
+    Resumed on a data stream that never yields (a ``pipe:`` shard that hangs, so the run never reaches
+    a step to checkpoint at), Ctrl-C twice: the second aborts at once (exit 130); the earlier
+    checkpoint is untouched."""
     run = tmp_path / "run"
     overrides = fault_overrides(lidar_shards, run, **{"train.max_steps": 10_000, "checkpoint.every": 0})
     proc = start(overrides, tmp_path / "a.log")
@@ -292,18 +294,27 @@ def test_sigint_checkpoints_and_exits_and_a_second_one_aborts(lidar_shards, tmp_
     assert [p.name for p in (run / "checkpoints").glob("*.pt")] == [saved.name]
     digest = sha(saved)
 
-    proc = start([*overrides, "checkpoint.export_jit=true"], tmp_path / "b.log")  # a slow save: the 2nd Ctrl-C lands in it
-    wait_until(lambda: logged_step(run) > summary["step"], proc, what="a step after the resume")
-    proc.send_signal(signal.SIGINT)
-    wait_until(lambda: "received SIGINT" in (tmp_path / "b.log").read_text(), proc, 30, "the first Ctrl-C")
-    time.sleep(0.7)  # a second key press, not the same one passed on (toolkit.train.DEBOUNCE_S)
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    assert finish(proc, 30) == 130, (tmp_path / "b.log").read_text()[-3000:]
-    assert time.monotonic() - t0 < 10
-    assert "aborted by a second Ctrl-C" in (tmp_path / "b.log").read_text()
+    log = tmp_path / "b.log"
+    proc = start([*overrides, "data.train=pipe:sleep 600"], log)  # a stalled stream: no step ever comes
+    try:
+        wait_until(lambda: "fast-forwarding the data stream" in log.read_text(), proc, what="the resume")
+        time.sleep(0.5)  # into the loader's blocking read
+        proc.send_signal(signal.SIGINT)
+        wait_until(lambda: "received SIGINT" in log.read_text(), proc, 30, "the first Ctrl-C")
+        time.sleep(0.7)  # a second key press, not the same one passed on (toolkit.train.DEBOUNCE_S)
+        assert proc.poll() is None, "the stalled run cannot have reached a checkpoint"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert finish(proc, 30) == 130, log.read_text()[-3000:]
+        assert time.monotonic() - t0 < 10
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the pipe's sleep
+        except ProcessLookupError:
+            pass
+    assert "aborted by a second Ctrl-C" in log.read_text()
     assert sha(saved) == digest and Checkpointer.load(saved)["step"] == summary["step"]
-    assert not list((run / "checkpoints").glob("*.tmp"))
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [saved.name]
 
 
 def test_kill_9_at_random_points_resumes_to_the_same_result(lidar_shards, reference, tmp_path):

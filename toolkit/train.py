@@ -28,6 +28,7 @@ from toolkit.config import ConfigError, describe, load_config, peek_run_dir, run
 
 EXIT_FAILED, EXIT_NOT_STARTED, EXIT_ABORTED = 1, 2, 130
 DEBOUNCE_S = 0.5  #: SIGINTs this close to the first one are the same Ctrl-C
+_ABORTED: list[BaseException] = []  #: see _train: an aborted run's exception, kept until exit
 
 
 class _Parser(Parser):
@@ -128,7 +129,11 @@ def _train(cfg) -> int:
     except (ShardListError, CheckpointError) as exc:
         _error(str(exc))
         return EXIT_NOT_STARTED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # Keep the interrupted stream's objects alive until the process exits: their finalisers may
+        # wait for a hung child (webdataset's pipe: waits up to 2 h for its command), and an abort
+        # must not wait for anything.
+        _ABORTED.append(exc)
         _error(f"aborted by a second Ctrl-C; the last checkpoint in {trainer.run_dir / 'checkpoints'} is kept "
                "(run the same command to resume)")
         return EXIT_ABORTED
