@@ -361,3 +361,34 @@ def test_voxel_to_pixel_known_points_and_grid_sample():
     assert not v[0, 0][centres[:, 0] < 1.0].any() and v[0, 0].any()
     with pytest.raises(ValueError, match="cam2ego"):
         voxel_to_pixel(centres, K, T[0], (H, W))
+
+
+def test_token_azimuths_are_the_bearing_of_what_each_pixel_sees(shard_samples):
+    """token_fusion's direction embedding (toolkit.tasks.token_fusion.model.token_azimuths), per pixel
+    (patch 1) of the real keyframe resized to 800 x 450: at the pixel a LiDAR point >= 5 m away projects to,
+    the ray azimuth is the point's bearing seen from that camera's centre (within 1.5 px of angle); the
+    principal rays point where the cameras are mounted (front 0, back 180, front-left +55 deg)."""
+    from toolkit.tasks.token_fusion.model import token_azimuths
+
+    ex, (arrays, meta) = _decoded(shard_samples["800x450"], 450, 800)
+    K, T = ex["intrinsics"].astype(np.float64), ex["cam2ego"].astype(np.float64)
+    az = token_azimuths(torch.from_numpy(K)[None], torch.from_numpy(T)[None], 450, 800, 1)[0].numpy()  # (6, H W)
+    pts = arrays["points"][:, :3].astype(np.float64)
+    checked = 0
+    for s, name in enumerate(meta["cameras"]):
+        uv, depth = project_ego_points(pts, K[s], T[s])
+        rel = pts - T[s, :3, 3]
+        ok = in_image(uv, depth, 800, 450) & (np.linalg.norm(rel[:, :2], axis=1) >= 5.0)
+        col, row = np.floor(uv[ok]).astype(int).T
+        diff = az[s, row * 800 + col] - np.arctan2(rel[ok, 1], rel[ok, 0])
+        diff = (diff + np.pi) % (2 * np.pi) - np.pi
+        assert ok.sum() > 100 and np.abs(diff).max() < 1.5 / K[s, 0, 0], (name, np.abs(diff).max())
+        checked += int(ok.sum())
+    assert checked > 10_000
+    principal = K.copy()
+    principal[:, :2, 2] = 0.5  # a 1 x 1 token grid's one centre (0.5, 0.5) is then the principal point
+    yaw = token_azimuths(torch.from_numpy(principal)[None], torch.from_numpy(T)[None], 1, 1, 1)[0, :, 0]
+    yaw = dict(zip(meta["cameras"], np.degrees(yaw.numpy())))
+    expected = {"CAM_FRONT": 0, "CAM_FRONT_LEFT": 55, "CAM_FRONT_RIGHT": -55, "CAM_BACK": 180}
+    for name, deg in expected.items():
+        assert abs((yaw[name] - deg + 180) % 360 - 180) < 10, yaw

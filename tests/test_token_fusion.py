@@ -81,6 +81,37 @@ def test_mirror_swaps_left_and_right_cameras_and_negates_y():
     assert task.cfg.mirror
 
 
+def _rig(yaws_deg, width, height):
+    """Six level pinhole cameras at the ego origin looking along the given yaws (ego z up): K (6, 3, 3), T (6, 4, 4)."""
+    cam_axes = np.array([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]])  # columns: camera x, y, z in a forward-looking ego
+    T = np.tile(np.eye(4), (6, 1, 1))
+    for s, yaw in enumerate(np.radians(yaws_deg)):
+        c, n = np.cos(yaw), np.sin(yaw)
+        T[s, :3, :3] = np.array([[c, -n, 0], [n, c, 0], [0, 0, 1]]) @ cam_axes
+    K = np.tile(np.array([[3.0, 0, 0.4 * width], [0, 3.0, 0.5 * height], [0, 0, 1]]), (6, 1, 1))
+    return K.astype(np.float32), T.astype(np.float32)
+
+
+def test_mirrored_calibration_mirrors_every_token_ray():
+    """After mirror_sample, the ray azimuth of each image token is minus that of the token it came from
+    (the mirrored camera, columns reversed), with an off-centre principal point, so the direction embedding
+    stays true to the flipped images."""
+    from toolkit.tasks.token_fusion.model import token_azimuths
+    from toolkit.tasks.token_fusion.task import MIRRORED_CAMERAS, mirror_sample
+
+    H, W = 4, 6
+    K, T = _rig([55, 0, -55, 110, 180, -110], W, H)
+    ex = {"images": np.zeros((6, 3, H, W), np.uint8), "points": np.zeros((1, 5), np.float32),
+          "points_mask": np.array([False]), "intrinsics": K, "cam2ego": T}
+    m = mirror_sample(ex)
+    az = token_azimuths(torch.from_numpy(K)[None], torch.from_numpy(T)[None], H, W, 1)[0].view(6, H, W)
+    maz = token_azimuths(torch.from_numpy(m["intrinsics"])[None], torch.from_numpy(m["cam2ego"])[None], H, W, 1)
+    want = -az[MIRRORED_CAMERAS].flip(-1)
+    diff = (maz[0].view(6, H, W) - want + torch.pi) % (2 * torch.pi) - torch.pi
+    assert diff.abs().max() < 1e-5 and az.std() > 1.0
+    assert np.allclose(np.linalg.det(m["cam2ego"][:, :3, :3]), 1.0)
+
+
 def _example_shard(tmp_path, n=4):
     shard = tmp_path / "tf-000000.tar"
     with wds.TarWriter(str(shard)) as sink:
@@ -158,7 +189,7 @@ class _PerfectScorer(torch.nn.Module):
         super().__init__()
         self.dummy = torch.nn.Parameter(torch.zeros(1))  # rerank_recall reads the device from a parameter
 
-    def fused_pair_scores(self, image_tokens, lidar_tokens):
+    def fused_pair_scores(self, image_tokens, lidar_tokens, image_azimuth):
         return -(image_tokens.flatten(1)[:, 0] - lidar_tokens.flatten(1)[:, 0]) ** 2
 
 
@@ -172,13 +203,14 @@ def test_a_perfect_head_reranks_shuffled_candidates_and_misses_stay_misses():
     lid = torch.nn.functional.normalize(torch.randn(N, 8, generator=g), dim=1)  # unrelated: candidates in random order
     ids = torch.arange(N, dtype=torch.float32)
     img_tokens, lid_tokens = ids.view(N, 1, 1, 1).expand(N, 2, 3, 4), ids.view(N, 1, 1).expand(N, 5, 4)
+    azimuth = torch.zeros(N, 2, 3)
     model = _PerfectScorer()
     ranks = {"i2l": partner_ranks(img, lid), "l2i": partner_ranks(lid, img)}
     assert float((ranks["i2l"] == 0).double().mean()) < 0.5  # the contrastive order alone gets most wrong
-    full = rerank_recall(model, img, lid, img_tokens, lid_tokens, k_top=N, ks=(1, 5), chunk=7)
+    full = rerank_recall(model, img, lid, img_tokens, lid_tokens, azimuth, k_top=N, ks=(1, 5), chunk=7)
     assert full["i2l_rerank_recall@1"] == 100.0 and full["l2i_rerank_recall@1"] == 100.0
     # K = 3: a partner among the 3 candidates moves to rank 0, one outside keeps its contrastive rank (>= 3)
-    part = rerank_recall(model, img, lid, img_tokens, lid_tokens, k_top=3, ks=(1, 5), chunk=5)
+    part = rerank_recall(model, img, lid, img_tokens, lid_tokens, azimuth, k_top=3, ks=(1, 5), chunk=5)
     for name in ("i2l", "l2i"):
         r = ranks[name]
         assert part[f"{name}_rerank_recall@1"] == pytest.approx(100.0 * float((r < 3).double().mean()))

@@ -19,7 +19,12 @@ Shapes (B samples, S cameras, T image tokens per camera, L LiDAR tokens, D token
   coarse token grids (``grid``) or token means (``mean``), projected and L2-normalised.
 * :class:`Fusion`: (B, S, T, D) image tokens + (B, L, D) LiDAR tokens -> image tokens (B, S T, D) after a
   learned camera embedding is added, LiDAR tokens (B, L, D), and the fused embedding (B, E_f) from the
-  pooled tokens of both after the cross-modal blocks. :class:`CrossModalBlock` = two-way cross-attention
+  pooled tokens of both after the cross-modal blocks. With ``azimuth_frequencies`` > 0 both streams' tokens
+  first get the same learned embedding of their ego-frame azimuth (:func:`token_azimuths` of each image
+  token's camera ray, the bearing of each LiDAR token's BEV cell): a PETR-style position embedding (Liu et
+  al., "PETR: Position Embedding Transformation for Multi-View 3D Object Detection", ECCV 2022, reduced to
+  the azimuth, which both modalities share), so cross-attention can look up what lies in the same
+  direction in the other modality. :class:`CrossModalBlock` = two-way cross-attention
   (image queries LiDAR, LiDAR queries image, both from the block's inputs) and a feed-forward layer per
   stream, pre-norm residuals; :class:`PairwiseFeedForward` is the ablation without cross-attention
   (feed-forward only: the streams meet only in the fused head, late fusion).
@@ -61,6 +66,48 @@ class Attention(nn.Module):
 def feed_forward(dim: int, mlp_ratio: float) -> nn.Sequential:
     hidden = int(dim * mlp_ratio)
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+def fourier_azimuth(azimuth: torch.Tensor, frequencies: int) -> torch.Tensor:
+    """Fourier features of an angle: (...,) rad -> (..., 2 F) float, ``cos(m a)`` then ``sin(m a)`` for
+    m = 1..F (periodic in 2 pi: -pi and pi are the same direction)."""
+    m = torch.arange(1, frequencies + 1, dtype=azimuth.dtype, device=azimuth.device)
+    x = azimuth[..., None] * m
+    return torch.cat([x.cos(), x.sin()], -1)
+
+
+def token_azimuths(intrinsics: torch.Tensor, cam2ego: torch.Tensor, rows: int, cols: int, patch: int) -> torch.Tensor:
+    """Ego-frame azimuth of the camera ray through each image token's centre.
+
+    Args:
+        intrinsics: (B, S, 3, 3) float pinhole matrices of the network's input images (px; zero skew).
+        cam2ego: (B, S, 4, 4) float camera -> ego transforms (camera frame: x right, y down, z forward).
+        rows, cols: the token grid of one image (T = rows cols, row-major); patch: px per token side.
+
+    Returns:
+        (B, S, T) float, rad: ``atan2(y, x)`` of the ray direction in the ego frame (x forward, y left), so 0
+        straight ahead and +pi/2 to the left. The camera's offset from the ego origin is ignored (a direction).
+    """
+    dt = intrinsics.dtype
+    u = (torch.arange(cols, dtype=dt, device=intrinsics.device) + 0.5) * patch
+    v = (torch.arange(rows, dtype=dt, device=intrinsics.device) + 0.5) * patch
+    u, v = u[None, :].expand(rows, cols).reshape(-1), v[:, None].expand(rows, cols).reshape(-1)  # (T,)
+    fx, fy = intrinsics[..., 0, 0, None], intrinsics[..., 1, 1, None]
+    cx, cy = intrinsics[..., 0, 2, None], intrinsics[..., 1, 2, None]
+    x, y = (u - cx) / fx, (v - cy) / fy  # (B, S, T): the ray at depth z = 1 in the camera frame
+    ray = torch.stack([x, y, torch.ones_like(x)], -1)
+    ego = ray @ cam2ego[..., :3, :3].transpose(-1, -2)
+    return torch.atan2(ego[..., 1], ego[..., 0])
+
+
+def cell_azimuths(x_bounds: list[float], y_bounds: list[float], cell: float) -> torch.Tensor:
+    """(rows cols,) float rad: the ego-frame azimuth ``atan2(y, x)`` of each cell centre of a BEV grid (rows
+    along x from ``x_min``, columns along y from ``y_min``, row-major; :mod:`toolkit.bev.grid`), cell side
+    ``cell`` m: the bearing of each LiDAR token."""
+    rows, cols = round((x_bounds[1] - x_bounds[0]) / cell), round((y_bounds[1] - y_bounds[0]) / cell)
+    x = x_bounds[0] + (torch.arange(rows, dtype=torch.float64) + 0.5) * cell
+    y = y_bounds[0] + (torch.arange(cols, dtype=torch.float64) + 0.5) * cell
+    return torch.atan2(y[None, :].expand(rows, cols), x[:, None].expand(rows, cols)).reshape(-1).float()
 
 
 class SelfBlock(nn.Module):
@@ -118,7 +165,8 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"image size {H} x {W} must be a multiple of the patch size {patch}")
         self.patch = patch_embedding(3, dim, patch, stem)
         self.token_norm = nn.LayerNorm(dim)
-        self.tokens = (H // patch) * (W // patch)
+        self.rows, self.cols, self.patch_size = H // patch, W // patch, patch
+        self.tokens = self.rows * self.cols
         self.pos = nn.Parameter(torch.randn(1, self.tokens, dim) * 0.02)
         self.blocks = nn.ModuleList([SelfBlock(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
@@ -206,13 +254,27 @@ class Fusion(nn.Module):
         cameras: S; dim: D; depth: number of blocks; fused_dim: E_f; cross_attention: False = the ablation.
         image_cells, lidar_cells: how the head pools the fused tokens (:class:`GridCells`: the same coarse
             layout as the ``grid`` pre-fusion pooling); None = the mean of each stream's tokens (the seed's).
+        azimuth_frequencies: F > 0 adds ``Linear(fourier_azimuth(azimuth, F))`` (one layer for both
+            streams) to the image and LiDAR tokens before the blocks; 0 = no direction embedding.
+        lidar_azimuth: (L,) rad, each LiDAR token's bearing (:func:`cell_azimuths`); needed when F > 0.
     """
 
     def __init__(self, cameras: int, dim: int, depth: int, heads: int, mlp_ratio: float, fused_dim: int,
                  cross_attention: bool = True, image_cells: GridCells | None = None,
-                 lidar_cells: GridCells | None = None):
+                 lidar_cells: GridCells | None = None, azimuth_frequencies: int = 0,
+                 lidar_azimuth: torch.Tensor | None = None):
         super().__init__()
         self.camera = nn.Parameter(torch.randn(1, cameras, 1, dim) * 0.02)
+        if azimuth_frequencies > 0 and lidar_azimuth is None:
+            raise ValueError("azimuth_frequencies > 0 needs the LiDAR tokens' azimuths (lidar_azimuth)")
+        self.frequencies = int(azimuth_frequencies)
+        # F = 0: no parameters (checkpoints of models without the embedding load unchanged)
+        self.azimuth = nn.Linear(2 * self.frequencies, dim) if self.frequencies > 0 else nn.Identity()
+        if isinstance(self.azimuth, nn.Linear):
+            nn.init.normal_(self.azimuth.weight, std=0.02)
+            nn.init.zeros_(self.azimuth.bias)
+        self.register_buffer("lidar_azimuth", lidar_azimuth.float() if lidar_azimuth is not None else torch.zeros(1),
+                             persistent=False)
         block = CrossModalBlock if cross_attention else PairwiseFeedForward
         self.blocks = nn.ModuleList([block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.grid = image_cells is not None and lidar_cells is not None
@@ -223,11 +285,16 @@ class Fusion(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, fused_dim), nn.GELU(),
                                   nn.Linear(fused_dim, fused_dim))
 
-    def forward(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor
+    def forward(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor, image_azimuth: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, S, T, D), (B, L, D) -> (image tokens (B, S T, D), LiDAR tokens (B, L, D), fused (B, E_f))."""
-        a = (image_tokens + self.camera[:, : image_tokens.shape[1]]).flatten(1, 2)
+        """(B, S, T, D), (B, L, D), image token azimuths (B, S, T) rad (:func:`token_azimuths`; unused when
+        ``azimuth_frequencies`` = 0) -> (image tokens (B, S T, D), LiDAR tokens (B, L, D), fused (B, E_f))."""
+        a = image_tokens + self.camera[:, : image_tokens.shape[1]]
         b = lidar_tokens
+        if self.frequencies > 0:
+            a = a + self.azimuth(fourier_azimuth(image_azimuth.to(a.dtype), self.frequencies))
+            b = b + self.azimuth(fourier_azimuth(self.lidar_azimuth.to(b.dtype), self.frequencies))
+        a = a.flatten(1, 2)
         for block in self.blocks:
             a, b = block(a, b)
         if self.grid:
@@ -267,9 +334,10 @@ class MatchHead(nn.Module):
 class TokenFusionNet(nn.Module):
     """The trained model: encoders, contrastive projections (pre-fusion), fusion, matching head.
 
-    ``forward(images (B, S, 3, H, W) [0, 1], points (B, N, F), mask (B, N))`` returns a dict:
-    ``img``, ``lid`` (B, E) L2-normalised pre-fusion embeddings, ``scale`` the exponentiated logit scale,
-    ``img_tokens`` (B, S, T, D) and ``lid_tokens`` (B, L, D) the encoders' tokens, and
+    ``forward(images (B, S, 3, H, W) [0, 1], intrinsics (B, S, 3, 3) px, cam2ego (B, S, 4, 4), points (B, N, F),
+    mask (B, N))`` returns a dict: ``img``, ``lid`` (B, E) L2-normalised pre-fusion embeddings (they do not use
+    the calibration), ``scale`` the exponentiated logit scale, ``img_tokens`` (B, S, T, D) and ``lid_tokens``
+    (B, L, D) the encoders' tokens, ``img_azimuth`` (B, S, T) rad the image tokens' ray azimuths, and
     per ``loss``: ``pre_fusion+fused`` adds ``match_logits`` (3B,) of the matching head (:class:`MatchHead`:
     each pair fused jointly, then the head on the pre-fusion poolings of its post-fusion tokens and on the
     fused embedding) on the positive pairs,
@@ -298,47 +366,56 @@ class TokenFusionNet(nn.Module):
         for part in unused:
             part.requires_grad_(False)
 
+    def image_azimuth(self, intrinsics: torch.Tensor, cam2ego: torch.Tensor) -> torch.Tensor:
+        """(B, S, 3, 3), (B, S, 4, 4) -> (B, S, T) rad (:func:`token_azimuths` on this model's token grid)."""
+        return token_azimuths(intrinsics, cam2ego, self.image.rows, self.image.cols, self.image.patch_size)
+
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """(B, S, 3, H, W) -> (B, S, T, D)."""
         B, S = images.shape[:2]
         tokens = self.image(images.flatten(0, 1))
         return tokens.view(B, S, tokens.shape[1], tokens.shape[2])
 
-    def match_logits(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor) -> torch.Tensor:
-        """Matching-head logit of each (image tokens (P, S, T, D), LiDAR tokens (P, L, D)) pair -> (P,): the
-        pair is fused jointly (cross-attention between exactly these two), then :class:`MatchHead`."""
-        a, b, fused = self.fusion(image_tokens, lidar_tokens)
+    def match_logits(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor, image_azimuth: torch.Tensor
+                     ) -> torch.Tensor:
+        """Matching-head logit of each (image tokens (P, S, T, D), LiDAR tokens (P, L, D), image token
+        azimuths (P, S, T)) pair -> (P,): the pair is fused jointly (cross-attention between exactly these
+        two), then :class:`MatchHead`."""
+        a, b, fused = self.fusion(image_tokens, lidar_tokens, image_azimuth)
         u, v = self.img_pool(a.view(image_tokens.shape)), self.lid_pool(b[:, None])
         return self.match_head(u, v, fused)
 
-    def fused_pair_scores(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor) -> torch.Tensor:
+    def fused_pair_scores(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor, image_azimuth: torch.Tensor
+                          ) -> torch.Tensor:
         """The pair score each loss trains: matching logit, or for ``fused_only`` the cosine of the post-fusion
         projections (P,); ``pre_fusion`` trains none (its fusion is untouched) and gets zeros."""
         if self.loss == "fused_only":
-            img, lid = self.post_fusion(image_tokens, lidar_tokens)
+            img, lid = self.post_fusion(image_tokens, lidar_tokens, image_azimuth)
             return (img * lid).sum(1)
         if self.loss == "pre_fusion+fused":
-            return self.match_logits(image_tokens, lidar_tokens)
+            return self.match_logits(image_tokens, lidar_tokens, image_azimuth)
         return image_tokens.new_zeros(image_tokens.shape[0])
 
-    def post_fusion(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def post_fusion(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor, image_azimuth: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The pre-fusion poolings applied to the tokens *after* the cross-modal blocks: (B, E), (B, E)."""
-        a, b, _ = self.fusion(image_tokens, lidar_tokens)
+        a, b, _ = self.fusion(image_tokens, lidar_tokens, image_azimuth)
         return self.img_pool(a.view(image_tokens.shape)), self.lid_pool(b[:, None])
 
-    def forward(self, images: torch.Tensor, points: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        it, lt = self.image_tokens(images), self.lidar(points, mask)
+    def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, cam2ego: torch.Tensor, points: torch.Tensor,
+                mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        it, lt, az = self.image_tokens(images), self.lidar(points, mask), self.image_azimuth(intrinsics, cam2ego)
         out = {"img": self.img_pool(it), "lid": self.lid_pool(lt[:, None]), "scale": self.logit_scale.exp(),
-               "img_tokens": it, "lid_tokens": lt}
+               "img_tokens": it, "lid_tokens": lt, "img_azimuth": az}
         if self.loss == "fused_only":
-            out["img_fused"], out["lid_fused"] = self.post_fusion(it, lt)
+            out["img_fused"], out["lid_fused"] = self.post_fusion(it, lt, az)
         elif self.loss == "pre_fusion+fused":
             B = it.shape[0]
             if B > 1:
                 neg_lid, neg_img = hard_negatives(out["img"].detach(), out["lid"].detach(), sample=self.training)
-                it = torch.cat([it, it, it[neg_img]])
+                it, az = torch.cat([it, it, it[neg_img]]), torch.cat([az, az, az[neg_img]])
                 lt = torch.cat([lt, lt[neg_lid], lt])
-            out["match_logits"] = self.match_logits(it, lt)
+            out["match_logits"] = self.match_logits(it, lt, az)
             out["match_labels"] = (torch.arange(len(it), device=it.device) < B).float()
         return out
 
@@ -388,15 +465,18 @@ class LidarEmbedding(nn.Module):
 
 
 class FusedEmbedding(nn.Module):
-    """Export ``fused``: (images (B, S, 3, H, W) [0, 1], points (B, N, F), mask (B, N)) -> (B, E_f), the fused
-    embedding of each sample's cameras and scan (not normalised)."""
+    """Export ``fused``: (images (B, S, 3, H, W) [0, 1], intrinsics (B, S, 3, 3) px of those images, cam2ego
+    (B, S, 4, 4), points (B, N, F), mask (B, N)) -> (B, E_f), the fused embedding of each sample's cameras
+    and scan (not normalised)."""
 
     def __init__(self, image: ImageEncoder, lidar: LidarEncoder, fusion: Fusion):
         super().__init__()
         self.image, self.lidar, self.fusion = image, lidar, fusion
 
-    def forward(self, images: torch.Tensor, points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, cam2ego: torch.Tensor, points: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
         B, S = images.shape[0], images.shape[1]
         tokens = self.image(images.flatten(0, 1))
         tokens = tokens.view(B, S, tokens.shape[1], tokens.shape[2])
-        return self.fusion(tokens, self.lidar(points, mask))[2]
+        azimuth = token_azimuths(intrinsics, cam2ego, self.image.rows, self.image.cols, self.image.patch_size)
+        return self.fusion(tokens, self.lidar(points, mask), azimuth)[2]

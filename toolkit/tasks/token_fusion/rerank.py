@@ -16,13 +16,14 @@ from toolkit.tasks.common.retrieval import partner_ranks
 
 @torch.no_grad()
 def rerank_recall(model, img: torch.Tensor, lid: torch.Tensor, img_tokens: torch.Tensor, lid_tokens: torch.Tensor,
-                  k_top: int, ks: tuple[int, ...], chunk: int = 128) -> dict[str, float]:
+                  img_azimuth: torch.Tensor, k_top: int, ks: tuple[int, ...], chunk: int = 128) -> dict[str, float]:
     """``{i2l,l2i}_rerank_recall@k`` in percent.
 
     Args:
         model: a :class:`~.model.TokenFusionNet` (put in eval mode for the call, then restored).
         img, lid: (N, E) pre-fusion embeddings, row i a pair.
-        img_tokens: (N, S, T, D); lid_tokens: (N, L, D) the encoders' tokens of the same rows.
+        img_tokens: (N, S, T, D); lid_tokens: (N, L, D) the encoders' tokens of the same rows; img_azimuth:
+            (N, S, T) rad the image tokens' ray azimuths (:func:`~.model.token_azimuths`).
         k_top: candidates re-ranked per query (capped at N).
         chunk: pairs per fusion pass.
     """
@@ -42,7 +43,8 @@ def rerank_recall(model, img: torch.Tensor, lid: torch.Tensor, img_tokens: torch
             cols = cand.flatten()
             ii, ll = (rows, cols) if name == "i2l" else (cols, rows)
             scores = torch.cat([model.fused_pair_scores(img_tokens[ii[s:s + chunk]].to(device),
-                                                        lid_tokens[ll[s:s + chunk]].to(device)).float().cpu()
+                                                        lid_tokens[ll[s:s + chunk]].to(device),
+                                                        img_azimuth[ii[s:s + chunk]].to(device)).float().cpu()
                                 for s in range(0, len(rows), chunk)]).view(N, K)
             partner = cand == torch.arange(N)[:, None]
             found = partner.any(1)

@@ -7,8 +7,10 @@ Simple-BEV jitter; up to ``sample.max_points`` LiDAR points; no BEV targets).
 Model (:mod:`.model`, :mod:`.pillars`, :mod:`.patches`): per-camera ViT-style image encoder, PointPillars LiDAR
 tokens and encoder (conv-stem patch embeddings by default, ``task.stem``), pre-fusion embeddings of coarse
 token grids (``task.pool: grid``; ``mean`` = the seed's mean pooling), two-way cross-attention blocks
-(``task.cross_attention: false`` = feed-forward only, the ablation), a fused embedding head and a matching
-head. Training augmentation: the Simple-BEV image jitter (``sample.augment``), a whole-sample left-right
+(``task.cross_attention: false`` = feed-forward only, the ablation) preceded by a shared ego-frame azimuth
+embedding of both streams' tokens (``task.azimuth_frequencies``; image tokens' camera rays from the
+intrinsics and camera -> ego transforms, LiDAR tokens' cell bearings), a fused embedding head and a
+matching head. Training augmentation: the Simple-BEV image jitter (``sample.augment``), a whole-sample left-right
 mirror (``task.mirror``) and a per-sample colour jitter (``task.colour_jitter``). A small
 ``data.shuffle_buffer`` keeps runs of keyframes of the same scenes in a batch: the contrastive negatives are
 then mostly keyframes of the same street, which only geometry tells apart.
@@ -42,7 +44,7 @@ validation sets.
 
 Exports (TorchScript, one tensor each): ``img_enc`` (N, 3, H, W) float [0, 1] -> (N, E) L2-normalised, one
 camera image at a time in the ``task.export_camera`` slot (what ``python -m toolkit.embed`` uses); ``lidar_enc`` (points (B, N, F), mask (B, N)) ->
-(B, E); ``fused`` (images (B, S, 3, H, W), points, mask) -> (B, E_f).
+(B, E); ``fused`` (images (B, S, 3, H, W), intrinsics (B, S, 3, 3), cam2ego (B, S, 4, 4), points, mask) -> (B, E_f).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ from toolkit.tasks.cilp.loss import clip_loss
 from toolkit.tasks.common.retrieval import recall_at_k
 
 from .model import (Fusion, FusedEmbedding, ImageEmbedding, ImageEncoder, LidarEmbedding, LidarEncoder,
-                    GridCells, TokenFusionNet, TokenPool)
+                    GridCells, TokenFusionNet, TokenPool, cell_azimuths)
 from .patches import STEMS
 from .pillars import PillarTokenizer
 from .rerank import rerank_recall
@@ -116,9 +118,16 @@ class TokenFusionConfig:
         pool: pre-fusion pooling (:class:`~.model.TokenPool`): ``grid`` (each camera's token grid pooled to
             ``image_pool_grid`` cells, the LiDAR token grid to ``lidar_pool_grid``, concatenated, projected) or
             ``mean`` (the mean of all tokens, projected). export_camera: the camera slot of ``img_enc`` (grid).
+        fused_pool: how the fused embedding head (and so the matching head) pools the tokens after the
+            cross-modal blocks: ``grid`` (the ``grid`` pooling's cells of every camera and of the LiDAR grid,
+            concatenated: position-specific weights) or ``mean`` (each stream's token mean: the same weights for
+            every token, fewer to fit on a small set).
         init_logit_scale, max_logit_scale: CLIP's ln(1/0.07) and clamp ln(100).
         match_weight: factor on the matching loss (``pre_fusion+fused``).
         rerank_k: candidates re-ranked by the fused pair score in validation (0 = no re-ranking).
+        azimuth_frequencies: F of the shared ego-frame azimuth embedding added to both streams' tokens before
+            the cross-modal blocks (:class:`~.model.Fusion`; PETR-style, from each image token's camera ray
+            and each LiDAR token's bearing); 0 = none (the runs before 2026-12-02's third session).
         mirror: training augmentation: with probability 1/2 mirror the whole sample left-right (ego y -> -y:
             every image flipped horizontally, left and right cameras swapped, LiDAR y negated), a symmetry of
             the nuScenes rig up to its few-cm mounting asymmetry.
@@ -142,6 +151,7 @@ class TokenFusionConfig:
     embed_dim: int = 128
     fused_dim: int = 128
     pool: str = "grid"
+    fused_pool: str = "grid"
     image_pool_grid: list[int] = field(default_factory=lambda: [2, 3])
     lidar_pool_grid: list[int] = field(default_factory=lambda: [4, 4])
     export_camera: str = "CAM_FRONT"
@@ -149,6 +159,7 @@ class TokenFusionConfig:
     max_logit_scale: float = math.log(100.0)
     match_weight: float = 1.0
     rerank_k: int = 10
+    azimuth_frequencies: int = 8
     mirror: bool = True
     colour_jitter: float = 0.3
     pillars: PillarConfig = field(default_factory=PillarConfig)
@@ -160,9 +171,11 @@ class TokenFusionConfig:
         for name in ("dim", "heads", "image_patch", "embed_dim", "fused_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"task.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("image_depth", "lidar_depth", "fusion_depth", "rerank_k"):
+        for name in ("image_depth", "lidar_depth", "fusion_depth", "rerank_k", "azimuth_frequencies"):
             if getattr(self, name) < 0:
                 raise ValueError(f"task.{name} must be >= 0, got {getattr(self, name)}")
+        if self.fused_pool not in TokenPool.MODES:
+            raise ValueError(f"task.fused_pool must be one of {list(TokenPool.MODES)}, got {self.fused_pool!r}")
         if self.pool not in TokenPool.MODES:
             raise ValueError(f"task.pool must be one of {list(TokenPool.MODES)}, got {self.pool!r}")
         if self.export_camera not in CAMERAS:
@@ -207,13 +220,27 @@ MIRRORED_CAMERAS = [CAMERAS.index(c.replace("LEFT", "@").replace("RIGHT", "LEFT"
                     for c in CAMERAS]
 
 
+#: ego y -> -y and camera x -> -x (4 x 4): a mirrored camera's camera -> ego transform is M_EGO T M_CAM
+_M_EGO, _M_CAM = np.diag([1.0, -1.0, 1.0, 1.0]).astype(np.float32), np.diag([-1.0, 1.0, 1.0, 1.0]).astype(np.float32)
+
+
 def mirror_sample(example: dict) -> dict:
-    """A decoded example mirrored left-right: images (S, 3, H, W) flipped along W and their cameras
-    swapped left <-> right, points' ego y negated (padding rows stay zero)."""
+    """A decoded example mirrored left-right (ego y -> -y): images (S, 3, H, W) flipped along W and their
+    cameras swapped left <-> right, points' ego y negated (padding rows stay zero), and, when present, the
+    calibration to match: ``intrinsics`` (S, 3, 3) get c_x -> W - c_x, ``cam2ego`` (S, 4, 4) T -> M_ego T M_cam
+    with M_ego = diag(1, -1, 1, 1), M_cam = diag(-1, 1, 1, 1) (u' = W - u in the flipped image; still a
+    rotation, det +1), so every pixel's ray in the mirrored sample is the mirror of its original ray."""
     points = example["points"].copy()
     points[:, 1] *= -1
-    return {**example, "images": np.ascontiguousarray(example["images"][MIRRORED_CAMERAS, :, :, ::-1]),
-            "points": points}
+    out = {**example, "images": np.ascontiguousarray(example["images"][MIRRORED_CAMERAS, :, :, ::-1]),
+           "points": points}
+    if "intrinsics" in example:
+        K = example["intrinsics"][MIRRORED_CAMERAS].copy()
+        K[:, 0, 2] = example["images"].shape[-1] - K[:, 0, 2]
+        out["intrinsics"] = K
+    if "cam2ego" in example:
+        out["cam2ego"] = (_M_EGO @ example["cam2ego"][MIRRORED_CAMERAS] @ _M_CAM).astype(np.float32)
+    return out
 
 
 def colour_jitter(images: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
@@ -258,15 +285,17 @@ class TokenFusionTask(Task):
         lid_grid = (rows // p.patch, cols // p.patch)
         img_pool = TokenPool(img_grid, c.image_pool_grid, 6, c.dim, c.embed_dim, c.pool)
         lid_pool = TokenPool(lid_grid, c.lidar_pool_grid, 1, c.dim, c.embed_dim, c.pool)
-        cells = ((GridCells(img_grid, c.image_pool_grid), GridCells(lid_grid, c.lidar_pool_grid)) if c.pool == "grid"
-                 else (None, None))
-        fusion = Fusion(6, c.dim, c.fusion_depth, c.heads, c.mlp_ratio, c.fused_dim, c.cross_attention, *cells)
+        cells = ((GridCells(img_grid, c.image_pool_grid), GridCells(lid_grid, c.lidar_pool_grid))
+                 if c.fused_pool == "grid" else (None, None))
+        lidar_azimuth = cell_azimuths(p.x_bounds, p.y_bounds, p.resolution * p.patch)  # one per LiDAR token
+        fusion = Fusion(6, c.dim, c.fusion_depth, c.heads, c.mlp_ratio, c.fused_dim, c.cross_attention, *cells,
+                        azimuth_frequencies=c.azimuth_frequencies, lidar_azimuth=lidar_azimuth)
         return TokenFusionNet(image, lidar, fusion, img_pool, lid_pool, c.fused_dim, c.init_logit_scale, c.loss)
 
     # --- data ---------------------------------------------------------------------------------
     @staticmethod
     def _keep(sample: dict) -> dict:
-        return {k: sample[k] for k in ("images", "points", "points_mask")}
+        return {k: sample[k] for k in ("images", "intrinsics", "cam2ego", "points", "points_mask")}
 
     def decode_train(self, sample: dict, rng: np.random.Generator) -> dict:
         out = self._keep(self._train(sample, rng))
@@ -280,8 +309,10 @@ class TokenFusionTask(Task):
         return self._keep(self._eval(sample, rng))
 
     @staticmethod
-    def _inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return batch["images"].float() / 255.0, batch["points"].float(), batch["points_mask"].float()
+    def _inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images [0, 1], intrinsics, cam2ego, points, mask): the model's inputs (float32)."""
+        return (batch["images"].float() / 255.0, batch["intrinsics"].float(), batch["cam2ego"].float(),
+                batch["points"].float(), batch["points_mask"].float())
 
     # --- training -------------------------------------------------------------------------------
     def _terms(self, out: dict, gather: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -331,7 +362,7 @@ class TokenFusionTask(Task):
             sums["contrastive_pre_fusion_sum"] = logs["contrastive_pre_fusion"].double() * n
         features = {"img": img, "lid": lid}
         if self._reranks():
-            features.update(img_tokens=out["img_tokens"], lid_tokens=out["lid_tokens"])
+            features.update(img_tokens=out["img_tokens"], lid_tokens=out["lid_tokens"], img_azimuth=out["img_azimuth"])
             self._scorer = model
         return EvalOutput(sums=sums, features=features)
 
@@ -351,15 +382,15 @@ class TokenFusionTask(Task):
             out["retrieval_pairs"] = float(N)
             if "img_tokens" in features and self._scorer is not None:
                 out.update(rerank_recall(self._scorer, img, lid, features["img_tokens"], features["lid_tokens"],
-                                         self.cfg.rerank_k, KS))
+                                         features["img_azimuth"], self.cfg.rerank_k, KS))
         return out
 
     def visuals(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         from toolkit.tasks.bev.visuals import camera_grid
         from toolkit.tasks.cilp.visuals import similarity_image
 
-        images, points, mask = self._inputs(batch)
-        out = model(images, points, mask)
+        images, intrinsics, cam2ego, points, mask = self._inputs(batch)
+        out = model(images, intrinsics, cam2ego, points, mask)
         bev = model.lidar.tokenizer.pseudo_image(points[:1], mask[:1])[0].amax(0)
         bev = (bev / (bev.max() + 1e-6)).flip(0, 1).cpu()  # forward up, left on the left (toolkit.bev.grid)
         return {"similarity": similarity_image(out["scale"] * out["img"] @ out["lid"].T),
@@ -372,8 +403,9 @@ class TokenFusionTask(Task):
                 "fused": FusedEmbedding(model.image, model.lidar, model.fusion)}
 
     def export_inputs(self, batch: dict) -> dict[str, tuple[torch.Tensor, ...]]:
-        images, points, mask = self._inputs(batch)
-        return {"img_enc": (images.flatten(0, 1),), "lidar_enc": (points, mask), "fused": (images, points, mask)}
+        images, intrinsics, cam2ego, points, mask = self._inputs(batch)
+        return {"img_enc": (images.flatten(0, 1),), "lidar_enc": (points, mask),
+                "fused": (images, intrinsics, cam2ego, points, mask)}
 
     def info(self, model: nn.Module) -> dict[str, float]:
         rows, cols = self.cfg.pillars.grid().shape
