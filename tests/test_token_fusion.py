@@ -2,6 +2,7 @@
 a 2-rank torchrun run, and the fused-only (seed) loss and the no-cross-attention ablation in the engine."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -257,3 +258,41 @@ def test_match_head_starts_as_the_post_fusion_cosine_and_gets_gradient():
     torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 0, 0, 1, 0])).backward()
     # the zero-initialised last layer gets gradient at once, so the MLP path trains from step 1
     assert head.mlp[3].weight.grad.abs().sum() > 0 and head.scale.grad != 0 and head.bias.grad != 0
+
+
+def _plain_block(azimuth_bias, dim):
+    """A CrossModalBlock whose attention logits are only the direction bias (q = k = 0), whose values are the
+    normalised context tokens and whose feed-forward layers add nothing."""
+    from toolkit.tasks.token_fusion.model import CrossModalBlock
+
+    blk = CrossModalBlock(dim, 2, 2.0, azimuth_bias=azimuth_bias)
+    with torch.no_grad():
+        for att in (blk.a_from_b, blk.b_from_a):
+            for p in (*att.q.parameters(), *att.kv.parameters(), att.out.bias):
+                p.zero_()
+            att.kv.weight[dim:] = torch.eye(dim)
+            att.out.weight.copy_(torch.eye(dim))
+        for ff in (blk.ff_a, blk.ff_b):
+            ff[3].weight.zero_()
+            ff[3].bias.zero_()
+    return blk
+
+
+def test_direction_bias_makes_cross_attention_read_the_same_bearing():
+    """With the azimuth bias, each image token reads the LiDAR token in its own direction (and each LiDAR
+    token the image token in its direction); without it the same block reads the context's mean."""
+    torch.manual_seed(0)
+    D = 8
+    phi_a = torch.tensor([[0.0, 0.5, -0.5, 1.0]]) * math.pi  # 90 deg apart: no LiDAR token is halfway
+    phi_b = torch.linspace(-math.pi, math.pi, 13)[:-1][None]  # 12 LiDAR tokens, 30 deg apart
+    a, b = torch.randn(1, 4, D), torch.randn(1, 12, D)
+    cos = torch.cos(phi_a[..., None] - phi_b[:, None, :])
+    blk = _plain_block(200.0, D)
+    a2, b2 = blk(a, b, cos)
+    torch.testing.assert_close(a2 - a, blk.norm_b(b)[:, cos[0].argmax(1)], atol=1e-3, rtol=0)
+    torch.testing.assert_close(b2 - b, blk.norm_a(a)[:, cos[0].argmax(0)], atol=1e-3, rtol=0)
+    assert blk.beta.requires_grad and blk.beta.shape == (2, 2)
+    flat = _plain_block(0.0, D)
+    a2, _ = flat(a, b, cos)
+    torch.testing.assert_close(a2 - a, flat.norm_b(b).mean(1, keepdim=True).expand(1, 4, D), atol=1e-5, rtol=0)
+    assert "beta" not in dict(flat.named_parameters()) and "beta" not in flat.state_dict()

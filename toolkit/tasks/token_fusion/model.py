@@ -54,12 +54,13 @@ class Attention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``bias``: an additive attention-logit bias broadcastable to (B, heads, Tq, Tk), or None."""
         B, Tq, D = x.shape
         Tk, h = context.shape[1], self.heads
         q = self.q(x).view(B, Tq, h, D // h).transpose(1, 2)
         kv = self.kv(context).view(B, Tk, 2, h, D // h).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, kv[0], kv[1])
+        o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=bias)
         return self.out(o.transpose(1, 2).reshape(B, Tq, D))
 
 
@@ -127,28 +128,46 @@ class SelfBlock(nn.Module):
 
 class CrossModalBlock(nn.Module):
     """Two-way cross-attention, pre-norm: a' = a + CA(LN a, LN b), b' = b + CA(LN b, LN a) (both from the
-    block's inputs), then a feed-forward layer per stream. (B, Ta, D), (B, Tb, D) -> same shapes."""
+    block's inputs), then a feed-forward layer per stream. (B, Ta, D), (B, Tb, D) -> same shapes.
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    ``azimuth_bias`` > 0: each head h adds ``beta_h cos(phi_q - phi_k)`` to its attention logits, phi the
+    tokens' ego-frame azimuths (``cos_ab`` (B, Ta, Tb) = cos(phi_a - phi_b), from :class:`Fusion`), beta_h
+    learnable from ``azimuth_bias`` (one per head and direction): attention starts on what lies in the same
+    direction in the other modality, a relative-position bias as ALiBi's (Press et al., ICLR 2022) on the
+    bearing. 0: no bias (beta a zero buffer, no parameters)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, azimuth_bias: float = 0.0):
         super().__init__()
         self.norm_a, self.norm_b = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.a_from_b, self.b_from_a = Attention(dim, heads), Attention(dim, heads)
         self.ff_a, self.ff_b = feed_forward(dim, mlp_ratio), feed_forward(dim, mlp_ratio)
+        self.biased = azimuth_bias > 0
+        beta = torch.full((2, heads), float(azimuth_bias))
+        if self.biased:
+            self.beta = nn.Parameter(beta)
+        else:
+            self.register_buffer("beta", beta, persistent=False)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, a: torch.Tensor, b: torch.Tensor, cos_ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         na, nb = self.norm_a(a), self.norm_b(b)
-        a, b = a + self.a_from_b(na, nb), b + self.b_from_a(nb, na)
+        bias_ab: torch.Tensor | None = None
+        bias_ba: torch.Tensor | None = None
+        if self.biased:
+            c = cos_ab.to(a.dtype)[:, None]  # (B, 1, Ta, Tb)
+            bias_ab = self.beta[0].view(1, -1, 1, 1) * c
+            bias_ba = self.beta[1].view(1, -1, 1, 1) * c.transpose(-1, -2)
+        a, b = a + self.a_from_b(na, nb, bias_ab), b + self.b_from_a(nb, na, bias_ba)
         return a + self.ff_a(a), b + self.ff_b(b)
 
 
 class PairwiseFeedForward(nn.Module):
     """The ablation of :class:`CrossModalBlock` without cross-attention: a feed-forward layer per stream."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, azimuth_bias: float = 0.0):  # noqa: ARG002
         super().__init__()
         self.ff_a, self.ff_b = feed_forward(dim, mlp_ratio), feed_forward(dim, mlp_ratio)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, a: torch.Tensor, b: torch.Tensor, cos_ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return a + self.ff_a(a), b + self.ff_b(b)
 
 
@@ -256,17 +275,20 @@ class Fusion(nn.Module):
             layout as the ``grid`` pre-fusion pooling); None = the mean of each stream's tokens (the seed's).
         azimuth_frequencies: F > 0 adds ``Linear(fourier_azimuth(azimuth, F))`` (one layer for both
             streams) to the image and LiDAR tokens before the blocks; 0 = no direction embedding.
-        lidar_azimuth: (L,) rad, each LiDAR token's bearing (:func:`cell_azimuths`); needed when F > 0.
+        lidar_azimuth: (L,) rad, each LiDAR token's bearing (:func:`cell_azimuths`); needed when F > 0 or
+            ``azimuth_bias`` > 0.
+        azimuth_bias: the cross-attention direction bias's initial beta (:class:`CrossModalBlock`; 0 = none).
     """
 
     def __init__(self, cameras: int, dim: int, depth: int, heads: int, mlp_ratio: float, fused_dim: int,
                  cross_attention: bool = True, image_cells: GridCells | None = None,
                  lidar_cells: GridCells | None = None, azimuth_frequencies: int = 0,
-                 lidar_azimuth: torch.Tensor | None = None):
+                 lidar_azimuth: torch.Tensor | None = None, azimuth_bias: float = 0.0):
         super().__init__()
         self.camera = nn.Parameter(torch.randn(1, cameras, 1, dim) * 0.02)
-        if azimuth_frequencies > 0 and lidar_azimuth is None:
-            raise ValueError("azimuth_frequencies > 0 needs the LiDAR tokens' azimuths (lidar_azimuth)")
+        if (azimuth_frequencies > 0 or azimuth_bias > 0) and lidar_azimuth is None:
+            raise ValueError("azimuth_frequencies or azimuth_bias > 0 needs the LiDAR tokens' azimuths (lidar_azimuth)")
+        self.direction_bias = bool(cross_attention and azimuth_bias > 0)
         self.frequencies = int(azimuth_frequencies)
         # F = 0: no parameters (checkpoints of models without the embedding load unchanged)
         self.azimuth = nn.Linear(2 * self.frequencies, dim) if self.frequencies > 0 else nn.Identity()
@@ -276,7 +298,7 @@ class Fusion(nn.Module):
         self.register_buffer("lidar_azimuth", lidar_azimuth.float() if lidar_azimuth is not None else torch.zeros(1),
                              persistent=False)
         block = CrossModalBlock if cross_attention else PairwiseFeedForward
-        self.blocks = nn.ModuleList([block(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([block(dim, heads, mlp_ratio, azimuth_bias) for _ in range(depth)])
         self.grid = image_cells is not None and lidar_cells is not None
         self.image_cells = image_cells if image_cells is not None else GridCells((1, 1), (1, 1))
         self.lidar_cells = lidar_cells if lidar_cells is not None else GridCells((1, 1), (1, 1))
@@ -295,8 +317,11 @@ class Fusion(nn.Module):
             a = a + self.azimuth(fourier_azimuth(image_azimuth.to(a.dtype), self.frequencies))
             b = b + self.azimuth(fourier_azimuth(self.lidar_azimuth.to(b.dtype), self.frequencies))
         a = a.flatten(1, 2)
+        cos_ab = a.new_zeros(1, 1, 1)
+        if self.direction_bias:  # (B, S T, L): cos of each image-LiDAR token pair's azimuth difference
+            cos_ab = torch.cos(image_azimuth.flatten(1, 2)[:, :, None] - self.lidar_azimuth.to(a.dtype)[None, None, :])
         for block in self.blocks:
-            a, b = block(a, b)
+            a, b = block(a, b, cos_ab)
         if self.grid:
             pooled = torch.cat([self.image_cells(a.view(image_tokens.shape)), self.lidar_cells(b[:, None])], 1)
         else:

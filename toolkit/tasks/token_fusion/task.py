@@ -128,6 +128,9 @@ class TokenFusionConfig:
         azimuth_frequencies: F of the shared ego-frame azimuth embedding added to both streams' tokens before
             the cross-modal blocks (:class:`~.model.Fusion`; PETR-style, from each image token's camera ray
             and each LiDAR token's bearing); 0 = none (the runs before 2026-12-02's third session).
+        azimuth_bias: initial beta of the cross-attention direction bias beta_h cos(phi_q - phi_k)
+            (:class:`~.model.CrossModalBlock`, learnable per head; 0 = none): attention starts on the other
+            modality's tokens in the same direction.
         mirror: training augmentation: with probability 1/2 mirror the whole sample left-right (ego y -> -y:
             every image flipped horizontally, left and right cameras swapped, LiDAR y negated), a symmetry of
             the nuScenes rig up to its few-cm mounting asymmetry.
@@ -160,6 +163,7 @@ class TokenFusionConfig:
     match_weight: float = 1.0
     rerank_k: int = 10
     azimuth_frequencies: int = 8
+    azimuth_bias: float = 0.0
     mirror: bool = True
     colour_jitter: float = 0.3
     pillars: PillarConfig = field(default_factory=PillarConfig)
@@ -174,6 +178,8 @@ class TokenFusionConfig:
         for name in ("image_depth", "lidar_depth", "fusion_depth", "rerank_k", "azimuth_frequencies"):
             if getattr(self, name) < 0:
                 raise ValueError(f"task.{name} must be >= 0, got {getattr(self, name)}")
+        if self.azimuth_bias < 0:
+            raise ValueError(f"task.azimuth_bias must be >= 0, got {self.azimuth_bias}")
         if self.fused_pool not in TokenPool.MODES:
             raise ValueError(f"task.fused_pool must be one of {list(TokenPool.MODES)}, got {self.fused_pool!r}")
         if self.pool not in TokenPool.MODES:
@@ -289,7 +295,8 @@ class TokenFusionTask(Task):
                  if c.fused_pool == "grid" else (None, None))
         lidar_azimuth = cell_azimuths(p.x_bounds, p.y_bounds, p.resolution * p.patch)  # one per LiDAR token
         fusion = Fusion(6, c.dim, c.fusion_depth, c.heads, c.mlp_ratio, c.fused_dim, c.cross_attention, *cells,
-                        azimuth_frequencies=c.azimuth_frequencies, lidar_azimuth=lidar_azimuth)
+                        azimuth_frequencies=c.azimuth_frequencies, lidar_azimuth=lidar_azimuth,
+                        azimuth_bias=c.azimuth_bias)
         return TokenFusionNet(image, lidar, fusion, img_pool, lid_pool, c.fused_dim, c.init_logit_scale, c.loss)
 
     # --- data ---------------------------------------------------------------------------------
