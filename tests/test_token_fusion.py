@@ -150,8 +150,9 @@ def test_token_fusion_trains_under_torchrun_with_two_ranks(tmp_path):
         assert (run / "checkpoints" / f"iter_000000004_{suffix}.jit").exists(), suffix
 
 
-@pytest.mark.parametrize("extra", [{"task.loss": "fused_only"}, {"task.cross_attention": "false"}],
-                         ids=["fused_only", "no_cross_attention"])
+@pytest.mark.parametrize("extra", [{"task.loss": "fused_only"}, {"task.cross_attention": "false"},
+                                   {"task.azimuth_frequencies": 4, "task.azimuth_bias": 2.0, "task.fused_pool": "mean"}],
+                         ids=["fused_only", "no_cross_attention", "direction_aware"])
 def test_fused_only_loss_and_the_ablation_train_in_the_engine(tmp_path, extra):
     from toolkit.config import load_config
     from toolkit.engine.checkpoint import load_trained_model
@@ -175,6 +176,13 @@ def test_fused_only_loss_and_the_ablation_train_in_the_engine(tmp_path, extra):
         assert not any(p.requires_grad for p in net.match_head.parameters())
         assert not any(p.requires_grad for p in net.fusion.head.parameters())
         assert all(isinstance(b, CrossModalBlock) for b in net.fusion.blocks)
+    elif "task.azimuth_bias" in extra:
+        # the direction embedding and the per-head bias train (the bias moved off its initial 2.0)
+        assert {"train/contrastive", "train/match"} <= logged
+        block = net.fusion.blocks[0]
+        assert isinstance(block, CrossModalBlock) and block.biased and not torch.all(block.beta == 2.0)
+        assert net.fusion.azimuth.weight.shape == (16, 8) and not net.fusion.grid
+        assert (run / "checkpoints" / "iter_000000002_fused.jit").exists()
     else:
         assert {"train/contrastive", "train/match"} <= logged
         assert all(isinstance(b, PairwiseFeedForward) for b in net.fusion.blocks)
@@ -296,3 +304,32 @@ def test_direction_bias_makes_cross_attention_read_the_same_bearing():
     a2, _ = flat(a, b, cos)
     torch.testing.assert_close(a2 - a, flat.norm_b(b).mean(1, keepdim=True).expand(1, 4, D), atol=1e-5, rtol=0)
     assert "beta" not in dict(flat.named_parameters()) and "beta" not in flat.state_dict()
+
+
+def test_evaluate_draws_average_the_random_point_subsample(tmp_path):
+    """``toolkit.evaluate --draws 3`` on a trained run: three evaluations with the decode's point subsample
+    seeded run.seed + 0..2 (the example scans hold more points than ``sample.max_points``, so draws differ);
+    the printed metrics are their mean, draw 0 is the single evaluation."""
+    from toolkit.config import load_config
+    from toolkit.engine.trainer import Trainer
+
+    shard, run = _example_shard(tmp_path, n=4), tmp_path / "run"
+    Trainer(load_config(None, _overrides(shard, run, **{"train.max_steps": 2, "checkpoint.every": 2,
+                                                         "eval.every": 0, "task.sample.max_points": 64}))).fit()
+    results = {}
+    for draws in (1, 3):
+        out = tmp_path / f"draws{draws}.json"
+        res = run_cli(["-m", "toolkit.evaluate", "--task", "token_fusion", "--run", str(run), "--shards", str(shard),
+                       "--draws", str(draws), "--json", str(out)], timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        results[draws] = json.loads(out.read_text())
+    many = results[3]
+    assert many["seeds"] == [0, 1, 2] and len(many["draws"]) == 3 and "over 3 draws" in res.stdout
+    for key, value in many["metrics"].items():
+        assert value == pytest.approx(np.mean([d[key] for d in many["draws"]]), rel=1e-9, abs=1e-12), key
+        assert many["metrics_std"][key] == pytest.approx(np.std([d[key] for d in many["draws"]]), abs=1e-12)
+    assert many["draws"][0] == results[1]["metrics"]
+    assert many["draws"][0]["contrastive"] != many["draws"][1]["contrastive"]  # another point subsample
+    res = run_cli(["-m", "toolkit.evaluate", "--task", "token_fusion", "--run", str(run), "--shards", str(shard),
+                   "--draws", "0"], timeout=300)
+    assert res.returncode == 2 and "--draws must be >= 1, got 0" in res.stderr

@@ -7,10 +7,10 @@ Simple-BEV jitter; up to ``sample.max_points`` LiDAR points; no BEV targets).
 Model (:mod:`.model`, :mod:`.pillars`, :mod:`.patches`): per-camera ViT-style image encoder, PointPillars LiDAR
 tokens and encoder (conv-stem patch embeddings by default, ``task.stem``), pre-fusion embeddings of coarse
 token grids (``task.pool: grid``; ``mean`` = the seed's mean pooling), two-way cross-attention blocks
-(``task.cross_attention: false`` = feed-forward only, the ablation) preceded by a shared ego-frame azimuth
-embedding of both streams' tokens (``task.azimuth_frequencies``; image tokens' camera rays from the
-intrinsics and camera -> ego transforms, LiDAR tokens' cell bearings), a fused embedding head and a
-matching head. Training augmentation: the Simple-BEV image jitter (``sample.augment``), a whole-sample left-right
+(``task.cross_attention: false`` = feed-forward only, the ablation), optionally direction-aware (tokens'
+ego-frame azimuths: image tokens' camera rays from the intrinsics and camera -> ego transforms, LiDAR tokens'
+cell bearings; ``task.azimuth_frequencies``: a shared azimuth embedding of both streams, ``task.azimuth_bias``:
+a cross-attention bias towards the same bearing), a fused embedding head and a matching head. Training augmentation: the Simple-BEV image jitter (``sample.augment``), a whole-sample left-right
 mirror (``task.mirror``) and a per-sample colour jitter (``task.colour_jitter``). A small
 ``data.shuffle_buffer`` keeps runs of keyframes of the same scenes in a batch: the contrastive negatives are
 then mostly keyframes of the same street, which only geometry tells apart.
@@ -127,7 +127,7 @@ class TokenFusionConfig:
         rerank_k: candidates re-ranked by the fused pair score in validation (0 = no re-ranking).
         azimuth_frequencies: F of the shared ego-frame azimuth embedding added to both streams' tokens before
             the cross-modal blocks (:class:`~.model.Fusion`; PETR-style, from each image token's camera ray
-            and each LiDAR token's bearing); 0 = none (the runs before 2026-12-02's third session).
+            and each LiDAR token's bearing); 0 = none (the presets: README "Token fusion" measured no gain).
         azimuth_bias: initial beta of the cross-attention direction bias beta_h cos(phi_q - phi_k)
             (:class:`~.model.CrossModalBlock`, learnable per head; 0 = none): attention starts on the other
             modality's tokens in the same direction.
@@ -162,7 +162,7 @@ class TokenFusionConfig:
     max_logit_scale: float = math.log(100.0)
     match_weight: float = 1.0
     rerank_k: int = 10
-    azimuth_frequencies: int = 8
+    azimuth_frequencies: int = 0
     azimuth_bias: float = 0.0
     mirror: bool = True
     colour_jitter: float = 0.3
