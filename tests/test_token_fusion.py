@@ -151,7 +151,8 @@ def test_token_fusion_trains_under_torchrun_with_two_ranks(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [{"task.loss": "fused_only"}, {"task.cross_attention": "false"},
-                                   {"task.azimuth_frequencies": 4, "task.azimuth_bias": 2.0, "task.fused_pool": "mean"}],
+                                   {"task.azimuth_frequencies": 4, "task.azimuth_bias": 2.0, "task.fused_pool": "mean",
+                                    "task.match_tokens": "true", "task.cross_gate": "true"}],
                          ids=["fused_only", "no_cross_attention", "direction_aware"])
 def test_fused_only_loss_and_the_ablation_train_in_the_engine(tmp_path, extra):
     from toolkit.config import load_config
@@ -182,6 +183,8 @@ def test_fused_only_loss_and_the_ablation_train_in_the_engine(tmp_path, extra):
         block = net.fusion.blocks[0]
         assert isinstance(block, CrossModalBlock) and block.biased and not torch.all(block.beta == 2.0)
         assert net.fusion.azimuth.weight.shape == (16, 8) and not net.fusion.grid
+        assert net.match_head.tokens and net.match_head.token_a[3].weight.abs().sum() > 0  # trained off zero
+        assert block.gated and block.alpha.abs().min() > 0  # the closed gate opened
         assert (run / "checkpoints" / "iter_000000002_fused.jit").exists()
     else:
         assert {"train/contrastive", "train/match"} <= logged
@@ -238,9 +241,9 @@ def test_hard_negatives_never_pick_the_partner_and_follow_the_similarity():
     picks_lid, picks_img = [], []
     for _ in range(300):
         neg_lid, neg_img = hard_negatives(emb, lid, sample=True)
-        assert neg_lid.shape == (B,) and neg_img.shape == (B,) and neg_lid.dtype == torch.int64
-        picks_lid.append(neg_lid)
-        picks_img.append(neg_img)
+        assert neg_lid.shape == (B, 1) and neg_img.shape == (B, 1) and neg_lid.dtype == torch.int64
+        picks_lid.append(neg_lid[:, 0])
+        picks_img.append(neg_img[:, 0])
     picks_lid, picks_img = torch.stack(picks_lid), torch.stack(picks_img)
     rows = torch.arange(B)
     assert not (picks_lid == rows).any() and not (picks_img == rows).any()
@@ -250,7 +253,44 @@ def test_hard_negatives_never_pick_the_partner_and_follow_the_similarity():
     assert torch.equal(counts.argmax(1), sim.argmax(1))
     assert len(set(picks_lid[:, 0].tolist())) > 1  # sampled, not always the argmax
     det_lid, det_img = hard_negatives(emb, lid, sample=False)
-    assert torch.equal(det_lid, sim.argmax(1)) and torch.equal(det_img, sim.argmax(0))
+    assert torch.equal(det_lid[:, 0], sim.argmax(1)) and torch.equal(det_img[:, 0], sim.argmax(0))
+    # several negatives: distinct, never the partner; a high temperature spreads the draws over the batch
+    many_lid, many_img = hard_negatives(emb, lid, sample=True, count=3)
+    assert many_lid.shape == (B, 3) and all(len(set(r.tolist())) == 3 for r in many_lid)
+    assert not (many_lid == rows[:, None]).any() and not (many_img == rows[:, None]).any()
+    assert torch.equal(hard_negatives(emb, lid, sample=False, count=2)[0], sim.topk(2, 1).indices)
+    flat = torch.stack([hard_negatives(emb, lid, sample=True, temperature=100.0)[0][:, 0] for _ in range(300)])
+    spread = torch.stack([(flat == j).sum(0) for j in range(B)], 1).float()  # (B images, B scans) draw counts
+    assert spread.masked_fill(torch.eye(B, dtype=torch.bool), 300).min() > 30  # about 60 each when uniform
+    with pytest.raises(ValueError, match="count"):
+        hard_negatives(emb, lid, count=B)
+
+
+def test_matching_loss_fuses_k_negatives_per_row_and_never_the_partner(tmp_path):
+    """``task.match_negatives`` = k: (2k + 1) B fused pairs, B positives first, every negative pair from two
+    different samples (each sample's tokens carry its index, so the fused pairs can be read back)."""
+    from toolkit.config import load_config
+    from toolkit.tasks import build_task
+
+    cfg = load_config(None, _overrides(tmp_path / "unused.tar", tmp_path / "run", **{"task.match_negatives": 2,
+                                                                                        "task.match_temperature": 1.0}))
+    net = build_task(cfg.task).build_model()
+    seen = []
+    net.match_logits = lambda it, lt, az: seen.append((it[:, 0, 0, 0].clone(), lt[:, 0, 0].clone())) or it.new_zeros(len(it))
+    B, S = 4, 6
+    net.image_tokens = lambda images: torch.arange(B, dtype=torch.float32)[:, None, None, None].expand(B, S, 8, 16)
+    net.lidar.forward = lambda points, mask: torch.arange(B, dtype=torch.float32)[:, None, None].expand(B, 16, 16)
+    h, w = cfg.task.sample.image_height, cfg.task.sample.image_width
+    K = torch.tensor([[20.0, 0, w / 2], [0, 20.0, h / 2], [0, 0, 1]]).expand(B, S, 3, 3)
+    out = net(torch.rand(B, S, 3, h, w), K, torch.eye(4).expand(B, S, 4, 4), torch.rand(B, 32, 5), torch.ones(B, 32))
+    img_id, lid_id = seen[0]
+    assert out["match_labels"].shape == (5 * B,) and out["match_labels"].sum() == B
+    assert torch.equal(img_id[:B], lid_id[:B]) and (img_id[B:] != lid_id[B:]).all()
+    for i in range(B):  # each image meets 2 distinct negative scans, each scan 2 distinct negative images
+        assert len(set(lid_id[B:3 * B][img_id[B:3 * B] == i].tolist())) == 2
+        assert len(set(img_id[3 * B:][lid_id[3 * B:] == i].tolist())) == 2
+    with pytest.raises(ValueError, match="task.match_temperature"):
+        load_config(None, _overrides(tmp_path / "unused.tar", tmp_path / "run", **{"task.match_temperature": 0}))
 
 
 def test_match_head_starts_as_the_post_fusion_cosine_and_gets_gradient():
@@ -266,6 +306,35 @@ def test_match_head_starts_as_the_post_fusion_cosine_and_gets_gradient():
     torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 0, 0, 1, 0])).backward()
     # the zero-initialised last layer gets gradient at once, so the MLP path trains from step 1
     assert head.mlp[3].weight.grad.abs().sum() > 0 and head.scale.grad != 0 and head.bias.grad != 0
+
+
+def test_token_level_match_head_scores_each_token_before_pooling():
+    """The token-level term starts at zero (the head is still the cosine), trains from step 1 and, once
+    trained, tells apart two pairs with the same token means: local evidence is not averaged away."""
+    from toolkit.tasks.token_fusion.model import MatchHead
+
+    torch.manual_seed(0)
+    head = MatchHead(8, 6, 6, token_dim=4)
+    u = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
+    v = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
+    fused = torch.randn(2, 6)
+    a = torch.randn(2, 5, 4, requires_grad=True)
+    b = torch.randn(2, 3, 4)
+    logits = head(u, v, fused, a, b)
+    torch.testing.assert_close(logits, 10.0 * (u * v).sum(1) - 5.0)
+    logits.sum().backward()
+    assert head.token_a[3].weight.grad.abs().sum() > 0 and head.token_b[3].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="post-fusion tokens"):
+        head(u, v, fused)
+    # two token sets with the same mean (so the same mean pooling) but different spreads score differently
+    torch.nn.init.normal_(head.token_a[3].weight)
+    same = torch.zeros(1, 5, 4)
+    spread = torch.tensor([[1.0, -1.0, 2.0, -2.0]]).repeat(5, 1)[None] * torch.tensor([1, -1, 1, -1, 0.0])[None, :, None]
+    assert torch.allclose(same.mean(1), spread.mean(1))
+    first = head(u[:1], v[:1], fused[:1], same, b[:1])
+    second = head(u[:1], v[:1], fused[:1], spread, b[:1])
+    assert (first - second).abs().item() > 1e-3
+    assert not MatchHead(8, 6, 6).tokens and not any("token_a" in n for n, _ in MatchHead(8, 6, 6).named_parameters())
 
 
 def _plain_block(azimuth_bias, dim):
@@ -304,6 +373,32 @@ def test_direction_bias_makes_cross_attention_read_the_same_bearing():
     a2, _ = flat(a, b, cos)
     torch.testing.assert_close(a2 - a, flat.norm_b(b).mean(1, keepdim=True).expand(1, 4, D), atol=1e-5, rtol=0)
     assert "beta" not in dict(flat.named_parameters()) and "beta" not in flat.state_dict()
+
+
+def test_gated_cross_attention_starts_as_the_ablation_and_opens():
+    """``gate``: with alpha = 0 the block is the feed-forward ablation exactly (same feed-forward weights), the
+    gate gets a gradient at once, and once opened the output depends on the other modality; ungated blocks
+    have no alpha parameter and TorchScript compiles both."""
+    from toolkit.tasks.token_fusion.model import CrossModalBlock, PairwiseFeedForward
+
+    torch.manual_seed(0)
+    D = 8
+    gated, plain = CrossModalBlock(D, 2, 2.0, gate=True), PairwiseFeedForward(D, 2, 2.0)
+    plain.ff_a.load_state_dict(gated.ff_a.state_dict())
+    plain.ff_b.load_state_dict(gated.ff_b.state_dict())
+    a, b, cos = torch.randn(2, 5, D), torch.randn(2, 3, D), torch.zeros(1, 1, 1)
+    for x, y in zip(gated(a, b, cos), plain(a, b, cos)):
+        torch.testing.assert_close(x, y)
+    gated(a, b, cos)[0].square().sum().backward()
+    assert gated.alpha.grad[0].abs() > 0
+    with torch.no_grad():
+        gated.alpha.fill_(1.0)
+    other = torch.randn(2, 3, D)
+    assert (gated(a, b, cos)[0] - gated(a, other, cos)[0]).abs().max() > 1e-3
+    assert "alpha" not in dict(CrossModalBlock(D, 2, 2.0).named_parameters())
+    for blk in (gated, CrossModalBlock(D, 2, 2.0)):
+        scripted = torch.jit.script(blk)
+        torch.testing.assert_close(scripted(a, b, cos)[0], blk(a, b, cos)[0])
 
 
 def test_evaluate_draws_average_the_random_point_subsample(tmp_path):

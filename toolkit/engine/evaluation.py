@@ -43,7 +43,7 @@ def run(args) -> dict:
 
     if bool(args.run) == bool(args.checkpoint):
         raise ValueError("give exactly one of --run or --checkpoint")
-    draws = getattr(args, "draws", 1)
+    draws = args.draws
     if draws < 1:
         raise ValueError(f"--draws must be >= 1, got {draws}")
     trained = load_trained_model(args.run or args.checkpoint, args.weights)

@@ -134,10 +134,20 @@ class CrossModalBlock(nn.Module):
     tokens' ego-frame azimuths (``cos_ab`` (B, Ta, Tb) = cos(phi_a - phi_b), from :class:`Fusion`), beta_h
     learnable from ``azimuth_bias`` (one per head and direction): attention starts on what lies in the same
     direction in the other modality, a relative-position bias as ALiBi's (Press et al., ICLR 2022) on the
-    bearing. 0: no bias (beta a zero buffer, no parameters)."""
+    bearing. 0: no bias (beta a zero buffer, no parameters).
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, azimuth_bias: float = 0.0):
+    ``gate``: Flamingo's tanh-gated cross-attention (Alayrac et al., NeurIPS 2022, "gated xattn"):
+    a' = a + tanh(alpha_a) CA(LN a, LN b), likewise b, with learnable scalars alpha initialised to 0, so the
+    block starts as :class:`PairwiseFeedForward` (the ablation, feed-forward only) and opens the attention
+    only as far as the loss gains from it. Off: no alpha parameters (older checkpoints load unchanged)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, azimuth_bias: float = 0.0, gate: bool = False):
         super().__init__()
+        self.gated = bool(gate)
+        if self.gated:
+            self.alpha = nn.Parameter(torch.zeros(2))
+        else:
+            self.register_buffer("alpha", torch.zeros(2), persistent=False)  # unused; TorchScript needs the name
         self.norm_a, self.norm_b = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.a_from_b, self.b_from_a = Attention(dim, heads), Attention(dim, heads)
         self.ff_a, self.ff_b = feed_forward(dim, mlp_ratio), feed_forward(dim, mlp_ratio)
@@ -156,14 +166,19 @@ class CrossModalBlock(nn.Module):
             c = cos_ab.to(a.dtype)[:, None]  # (B, 1, Ta, Tb)
             bias_ab = self.beta[0].view(1, -1, 1, 1) * c
             bias_ba = self.beta[1].view(1, -1, 1, 1) * c.transpose(-1, -2)
-        a, b = a + self.a_from_b(na, nb, bias_ab), b + self.b_from_a(nb, na, bias_ba)
+        if self.gated:
+            g = torch.tanh(self.alpha).to(a.dtype)
+            a, b = a + g[0] * self.a_from_b(na, nb, bias_ab), b + g[1] * self.b_from_a(nb, na, bias_ba)
+        else:
+            a, b = a + self.a_from_b(na, nb, bias_ab), b + self.b_from_a(nb, na, bias_ba)
         return a + self.ff_a(a), b + self.ff_b(b)
 
 
 class PairwiseFeedForward(nn.Module):
     """The ablation of :class:`CrossModalBlock` without cross-attention: a feed-forward layer per stream."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, azimuth_bias: float = 0.0):  # noqa: ARG002
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, azimuth_bias: float = 0.0,  # noqa: ARG002
+                 gate: bool = False):  # noqa: ARG002
         super().__init__()
         self.ff_a, self.ff_b = feed_forward(dim, mlp_ratio), feed_forward(dim, mlp_ratio)
 
@@ -278,18 +293,20 @@ class Fusion(nn.Module):
         lidar_azimuth: (L,) rad, each LiDAR token's bearing (:func:`cell_azimuths`); needed when F > 0 or
             ``azimuth_bias`` > 0.
         azimuth_bias: the cross-attention direction bias's initial beta (:class:`CrossModalBlock`; 0 = none).
+        gate: tanh-gated cross-attention starting closed (:class:`CrossModalBlock`; Flamingo).
     """
 
     def __init__(self, cameras: int, dim: int, depth: int, heads: int, mlp_ratio: float, fused_dim: int,
                  cross_attention: bool = True, image_cells: GridCells | None = None,
                  lidar_cells: GridCells | None = None, azimuth_frequencies: int = 0,
-                 lidar_azimuth: torch.Tensor | None = None, azimuth_bias: float = 0.0):
+                 lidar_azimuth: torch.Tensor | None = None, azimuth_bias: float = 0.0, gate: bool = False):
         super().__init__()
         self.camera = nn.Parameter(torch.randn(1, cameras, 1, dim) * 0.02)
         if (azimuth_frequencies > 0 or azimuth_bias > 0) and lidar_azimuth is None:
             raise ValueError("azimuth_frequencies or azimuth_bias > 0 needs the LiDAR tokens' azimuths (lidar_azimuth)")
         self.direction_bias = bool(cross_attention and azimuth_bias > 0)
         self.frequencies = int(azimuth_frequencies)
+        self.directional = self.direction_bias or self.frequencies > 0  # reads the image token azimuths
         # F = 0: no parameters (checkpoints of models without the embedding load unchanged)
         self.azimuth = nn.Linear(2 * self.frequencies, dim) if self.frequencies > 0 else nn.Identity()
         if isinstance(self.azimuth, nn.Linear):
@@ -298,7 +315,7 @@ class Fusion(nn.Module):
         self.register_buffer("lidar_azimuth", lidar_azimuth.float() if lidar_azimuth is not None else torch.zeros(1),
                              persistent=False)
         block = CrossModalBlock if cross_attention else PairwiseFeedForward
-        self.blocks = nn.ModuleList([block(dim, heads, mlp_ratio, azimuth_bias) for _ in range(depth)])
+        self.blocks = nn.ModuleList([block(dim, heads, mlp_ratio, azimuth_bias, gate) for _ in range(depth)])
         self.grid = image_cells is not None and lidar_cells is not None
         self.image_cells = image_cells if image_cells is not None else GridCells((1, 1), (1, 1))
         self.lidar_cells = lidar_cells if lidar_cells is not None else GridCells((1, 1), (1, 1))
@@ -340,9 +357,16 @@ class MatchHead(nn.Module):
     multiplicative path the head sat at the constant "no match" answer (BCE H(1/3) = 0.6365) for 250 of 400
     steps. The same head serves the ablation without cross-attention (then an MLP on the product and
     difference of the two streams' own embeddings: a fair late-fusion re-ranker).
+
+    ``token_dim`` > 0 adds a token-level term: ``mean_t MLP_a(a_t) + mean_l MLP_b(b_l)`` over the pair's
+    post-fusion image tokens ``a`` (P, Ta, D) and LiDAR tokens ``b`` (P, L, D) (a two-layer MLP per stream,
+    last layer zero, so the head still starts as the cosine). Each token scores the agreement of its own
+    content with what it read from the other modality, before any pooling, so local evidence (this image
+    patch and the scan in its direction) is not averaged away first; without cross-attention a token holds
+    one modality only and the term cannot tell a pair from a non-pair.
     """
 
-    def __init__(self, embed_dim: int, fused_dim: int, hidden: int):
+    def __init__(self, embed_dim: int, fused_dim: int, hidden: int, token_dim: int = 0):
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(10.0))
         self.bias = nn.Parameter(torch.tensor(-5.0))
@@ -350,10 +374,28 @@ class MatchHead(nn.Module):
                                  nn.GELU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.mlp[3].weight)
         nn.init.zeros_(self.mlp[3].bias)
+        self.tokens = token_dim > 0
+        self.token_a = token_score(token_dim) if self.tokens else nn.Identity()
+        self.token_b = token_score(token_dim) if self.tokens else nn.Identity()
 
-    def forward(self, u: torch.Tensor, v: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, v: torch.Tensor, fused: torch.Tensor, a: torch.Tensor | None = None,
+                b: torch.Tensor | None = None) -> torch.Tensor:
+        """(P, E), (P, E), (P, E_f) [, (P, Ta, D), (P, L, D) with ``token_dim`` > 0] -> (P,) logits."""
         x = torch.cat([u * v, (u - v).abs(), fused], 1)
-        return self.scale * (u * v).sum(1) + self.bias + self.mlp(x).squeeze(1)
+        logit = self.scale * (u * v).sum(1) + self.bias + self.mlp(x).squeeze(1)
+        if self.tokens:
+            if a is None or b is None:
+                raise ValueError("a token-level MatchHead needs the pair's post-fusion tokens a and b")
+            logit = logit + self.token_a(a).mean((1, 2)) + self.token_b(b).mean((1, 2))
+        return logit
+
+
+def token_score(dim: int) -> nn.Sequential:
+    """A per-token scorer (..., D) -> (..., 1): LayerNorm, Linear(D, D), GELU, Linear(D, 1) (last layer zero)."""
+    mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
+    nn.init.zeros_(mlp[3].weight)
+    nn.init.zeros_(mlp[3].bias)
+    return mlp
 
 
 class TokenFusionNet(nn.Module):
@@ -362,13 +404,14 @@ class TokenFusionNet(nn.Module):
     ``forward(images (B, S, 3, H, W) [0, 1], intrinsics (B, S, 3, 3) px, cam2ego (B, S, 4, 4), points (B, N, F),
     mask (B, N))`` returns a dict: ``img``, ``lid`` (B, E) L2-normalised pre-fusion embeddings (they do not use
     the calibration), ``scale`` the exponentiated logit scale, ``img_tokens`` (B, S, T, D) and ``lid_tokens``
-    (B, L, D) the encoders' tokens, ``img_azimuth`` (B, S, T) rad the image tokens' ray azimuths, and
-    per ``loss``: ``pre_fusion+fused`` adds ``match_logits`` (3B,) of the matching head (:class:`MatchHead`:
+    (B, L, D) the encoders' tokens, ``img_azimuth`` (B, S, T) rad the image tokens' ray azimuths (zeros
+    when the fusion has no direction option: unused), and
+    per ``loss``: ``pre_fusion+fused`` adds ``match_logits`` ((2k + 1) B,) of the matching head (:class:`MatchHead`:
     each pair fused jointly, then the head on the pre-fusion poolings of its post-fusion tokens and on the
-    fused embedding) on the positive pairs,
-    one hard-negative LiDAR per image and one hard-negative image per scan (ALBEF: negatives drawn from the
-    batch with probability softmax(similarity), the partner excluded; in eval mode the most similar
-    non-partner), and ``match_labels`` (3B,) 1/0; ``fused_only`` adds ``img_fused``, ``lid_fused`` (B, E):
+    fused embedding) on the positive pairs, k = ``match_negatives`` hard-negative LiDAR scans per image and k
+    hard-negative images per scan (ALBEF: negatives drawn from the batch with probability
+    softmax(similarity / ``match_temperature``), the partner excluded; in eval mode the k most similar
+    non-partners; k is capped at B - 1), and ``match_labels`` ((2k + 1) B,) 1/0; ``fused_only`` adds ``img_fused``, ``lid_fused`` (B, E):
     the same poolings (:class:`TokenPool`) of the tokens *after* the cross-modal blocks (the seed's objective:
     each side has seen its partner, so InfoNCE on them is solved without aligning the modalities).
     """
@@ -376,15 +419,18 @@ class TokenFusionNet(nn.Module):
     LOSSES = ("pre_fusion", "pre_fusion+fused", "fused_only")
 
     def __init__(self, image: ImageEncoder, lidar: LidarEncoder, fusion: Fusion, img_pool: TokenPool,
-                 lid_pool: TokenPool, fused_dim: int, init_logit_scale: float, loss: str):
+                 lid_pool: TokenPool, fused_dim: int, init_logit_scale: float, loss: str, match_tokens: bool = False,
+                 match_negatives: int = 1, match_temperature: float = 0.1):
         super().__init__()
         if loss not in self.LOSSES:
             raise ValueError(f"loss must be one of {list(self.LOSSES)}, got {loss!r}")
         self.image, self.lidar, self.fusion = image, lidar, fusion
         self.img_pool, self.lid_pool = img_pool, lid_pool
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
-        self.match_head = MatchHead(img_pool.proj.out_features, fused_dim, fused_dim)
+        self.match_head = MatchHead(img_pool.proj.out_features, fused_dim, fused_dim,
+                                    image.pos.shape[-1] if match_tokens else 0)
         self.loss = loss
+        self.match_negatives, self.match_temperature = int(match_negatives), float(match_temperature)
         # parts the chosen loss never reaches are frozen: no gradient, no optimizer state, no DDP bucket
         unused = {"pre_fusion": (self.fusion, self.match_head), "pre_fusion+fused": (),
                   "fused_only": (self.fusion.head, self.match_head)}[loss]
@@ -408,7 +454,7 @@ class TokenFusionNet(nn.Module):
         two), then :class:`MatchHead`."""
         a, b, fused = self.fusion(image_tokens, lidar_tokens, image_azimuth)
         u, v = self.img_pool(a.view(image_tokens.shape)), self.lid_pool(b[:, None])
-        return self.match_head(u, v, fused)
+        return self.match_head(u, v, fused, a, b)
 
     def fused_pair_scores(self, image_tokens: torch.Tensor, lidar_tokens: torch.Tensor, image_azimuth: torch.Tensor
                           ) -> torch.Tensor:
@@ -429,7 +475,8 @@ class TokenFusionNet(nn.Module):
 
     def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, cam2ego: torch.Tensor, points: torch.Tensor,
                 mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        it, lt, az = self.image_tokens(images), self.lidar(points, mask), self.image_azimuth(intrinsics, cam2ego)
+        it, lt = self.image_tokens(images), self.lidar(points, mask)
+        az = self.image_azimuth(intrinsics, cam2ego) if self.fusion.directional else it.new_zeros(it.shape[:3])
         out = {"img": self.img_pool(it), "lid": self.lid_pool(lt[:, None]), "scale": self.logit_scale.exp(),
                "img_tokens": it, "lid_tokens": lt, "img_azimuth": az}
         if self.loss == "fused_only":
@@ -437,32 +484,48 @@ class TokenFusionNet(nn.Module):
         elif self.loss == "pre_fusion+fused":
             B = it.shape[0]
             if B > 1:
-                neg_lid, neg_img = hard_negatives(out["img"].detach(), out["lid"].detach(), sample=self.training)
-                it, az = torch.cat([it, it, it[neg_img]]), torch.cat([az, az, az[neg_img]])
-                lt = torch.cat([lt, lt[neg_lid], lt])
+                k = min(self.match_negatives, B - 1)
+                neg_lid, neg_img = hard_negatives(out["img"].detach(), out["lid"].detach(), sample=self.training,
+                                                  temperature=self.match_temperature, count=k)
+                neg_lid, neg_img = neg_lid.T.flatten(), neg_img.T.flatten()  # (k B,): negative j of every row
+                it, az = torch.cat([it.repeat(k + 1, 1, 1, 1), it[neg_img]]), torch.cat([az.repeat(k + 1, 1, 1), az[neg_img]])
+                lt = torch.cat([lt, lt[neg_lid], lt.repeat(k, 1, 1)])
             out["match_logits"] = self.match_logits(it, lt, az)
             out["match_labels"] = (torch.arange(len(it), device=it.device) < B).float()
         return out
 
 
-def hard_negatives(img: torch.Tensor, lid: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """ALBEF's in-batch hard negatives: for each image a LiDAR scan and for each scan an image, not its partner.
+def hard_negatives(img: torch.Tensor, lid: torch.Tensor, sample: bool = True, temperature: float = 0.1,
+                   count: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """ALBEF's in-batch hard negatives: for each image ``count`` LiDAR scans and for each scan ``count`` images,
+    never its partner, without repeats.
 
     Args:
-        img, lid: (B >= 2, E) L2-normalised embeddings, row i a pair.
-        sample: draw with probability softmax(cosine / 0.1) over the non-partners (training; uses the global
-            torch RNG); False: take the most similar non-partner (deterministic evaluation).
+        img, lid: (B, E) L2-normalised embeddings, row i a pair; B > ``count``.
+        sample: draw with probability softmax(cosine / ``temperature``) over the non-partners (training; uses
+            the global torch RNG; ALBEF's temperature is its contrastive one, here 0.1 by default: large
+            values draw nearly uniformly from the batch); False: the ``count`` most similar non-partners
+            (deterministic evaluation).
+        count: negatives per row (>= 1).
 
     Returns:
-        ((B,) int64 LiDAR index per image, (B,) int64 image index per scan).
+        ((B, count) int64 LiDAR indices per image, (B, count) int64 image indices per scan).
+
+    Raises:
+        ValueError: ``count`` < 1 or >= B, or ``temperature`` <= 0.
     """
+    B = len(img)
+    if not 1 <= count < B:
+        raise ValueError(f"hard_negatives: count must be in [1, batch size - 1 = {B - 1}], got {count}")
+    if temperature <= 0:
+        raise ValueError(f"hard_negatives: temperature must be > 0, got {temperature}")
     sim = img.float() @ lid.float().T
-    eye = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
+    eye = torch.eye(B, dtype=torch.bool, device=sim.device)
     sim = sim.masked_fill(eye, float("-inf"))
     if not sample:
-        return sim.argmax(1), sim.argmax(0)
-    return (torch.multinomial(torch.softmax(sim / 0.1, 1), 1).squeeze(1),
-            torch.multinomial(torch.softmax(sim.T / 0.1, 1), 1).squeeze(1))
+        return sim.topk(count, 1).indices, sim.T.topk(count, 1).indices
+    return (torch.multinomial(torch.softmax(sim / temperature, 1), count),
+            torch.multinomial(torch.softmax(sim.T / temperature, 1), count))
 
 
 class ImageEmbedding(nn.Module):

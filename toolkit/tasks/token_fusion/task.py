@@ -25,7 +25,8 @@ Loss (``task.loss``):
   (:class:`~.model.MatchHead`: the cosine of the pair's post-fusion poolings, scaled, plus an MLP on their
   product, difference and the fused embedding) on the true pairs and on in-batch hard negatives (ALBEF's
   image-text matching, ``train/match``; one negative scan per image and one negative image per scan, drawn
-  with probability softmax(cosine / 0.1) over the non-partners of this rank's batch);
+  with probability softmax(cosine / 0.1) over the non-partners of this rank's batch; ``match_negatives``,
+  ``match_temperature``);
 * ``fused_only``: the seed's objective, InfoNCE between the same projections of the tokens *after* fusion
   (``train/contrastive_fused``): each side has attended to its partner, so the loss falls towards 0 while the
   pre-fusion embeddings stay unaligned (logged: ``train/contrastive_pre_fusion``, never trained).
@@ -125,6 +126,12 @@ class TokenFusionConfig:
             every token, fewer to fit on a small set: the re-ranked recall of README "Token fusion").
         init_logit_scale, max_logit_scale: CLIP's ln(1/0.07) and clamp ln(100).
         match_weight: factor on the matching loss (``pre_fusion+fused``).
+        match_tokens: the matching head adds a token-level term, a score per post-fusion token averaged
+            (:class:`~.model.MatchHead` ``token_dim``): local agreement before pooling.
+        match_negatives: hard-negative scans per image and images per scan in the matching loss (ALBEF: 1).
+        match_temperature: the hard negatives' sampling temperature, softmax(cosine / T) over the batch's
+            non-partners (0.1: nearly always the nearest, in this preset's batches mostly a neighbouring keyframe
+            of the same scene; large: nearly uniform over the batch).
         rerank_k: candidates re-ranked by the fused pair score in validation (0 = no re-ranking).
         azimuth_frequencies: F of the shared ego-frame azimuth embedding added to both streams' tokens before
             the cross-modal blocks (:class:`~.model.Fusion`; PETR-style, from each image token's camera ray
@@ -132,6 +139,9 @@ class TokenFusionConfig:
         azimuth_bias: initial beta of the cross-attention direction bias beta_h cos(phi_q - phi_k)
             (:class:`~.model.CrossModalBlock`, learnable per head; 0 = none): attention starts on the other
             modality's tokens in the same direction.
+        cross_gate: Flamingo's tanh gate on each cross-attention residual, initialised closed
+            (:class:`~.model.CrossModalBlock` ``gate``): the model starts as the ablation and opens the
+            attention only as far as the losses gain from it.
         mirror: training augmentation: with probability 1/2 mirror the whole sample left-right (ego y -> -y:
             every image flipped horizontally, left and right cameras swapped, LiDAR y negated), a symmetry of
             the nuScenes rig up to its few-cm mounting asymmetry.
@@ -162,9 +172,13 @@ class TokenFusionConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100.0)
     match_weight: float = 1.0
+    match_tokens: bool = False
+    match_negatives: int = 1
+    match_temperature: float = 0.1
     rerank_k: int = 10
     azimuth_frequencies: int = 8
     azimuth_bias: float = 0.0
+    cross_gate: bool = False
     mirror: bool = True
     colour_jitter: float = 0.3
     pillars: PillarConfig = field(default_factory=PillarConfig)
@@ -179,6 +193,10 @@ class TokenFusionConfig:
         for name in ("image_depth", "lidar_depth", "fusion_depth", "rerank_k", "azimuth_frequencies"):
             if getattr(self, name) < 0:
                 raise ValueError(f"task.{name} must be >= 0, got {getattr(self, name)}")
+        if self.match_negatives < 1:
+            raise ValueError(f"task.match_negatives must be >= 1, got {self.match_negatives}")
+        if self.match_temperature <= 0:
+            raise ValueError(f"task.match_temperature must be > 0, got {self.match_temperature}")
         if self.azimuth_bias < 0:
             raise ValueError(f"task.azimuth_bias must be >= 0, got {self.azimuth_bias}")
         if self.fused_pool not in TokenPool.MODES:
@@ -297,8 +315,9 @@ class TokenFusionTask(Task):
         lidar_azimuth = cell_azimuths(p.x_bounds, p.y_bounds, p.resolution * p.patch)  # one per LiDAR token
         fusion = Fusion(6, c.dim, c.fusion_depth, c.heads, c.mlp_ratio, c.fused_dim, c.cross_attention, *cells,
                         azimuth_frequencies=c.azimuth_frequencies, lidar_azimuth=lidar_azimuth,
-                        azimuth_bias=c.azimuth_bias)
-        return TokenFusionNet(image, lidar, fusion, img_pool, lid_pool, c.fused_dim, c.init_logit_scale, c.loss)
+                        azimuth_bias=c.azimuth_bias, gate=c.cross_gate)
+        return TokenFusionNet(image, lidar, fusion, img_pool, lid_pool, c.fused_dim, c.init_logit_scale, c.loss,
+                              c.match_tokens, c.match_negatives, c.match_temperature)
 
     # --- data ---------------------------------------------------------------------------------
     @staticmethod
