@@ -43,7 +43,7 @@ def run(args) -> dict:
 
     if bool(args.run) == bool(args.checkpoint):
         raise ValueError("give exactly one of --run or --checkpoint")
-    draws = args.draws
+    draws = getattr(args, "draws", 1)  # family parsers (bev) that extend the generic one may lack --draws
     if draws < 1:
         raise ValueError(f"--draws must be >= 1, got {draws}")
     trained = load_trained_model(args.run or args.checkpoint, args.weights)
