@@ -10,6 +10,10 @@ Examples::
     python -m launch --config configs/lidar_tokenizer.yaml --cluster local --tasks-per-node 2 --wait
     # in this process (breakpoints work); on a Mac this runs on MPS
     python -m launch --config configs/lidar_tokenizer.yaml --cluster debug train.max_steps=20
+    # a sweep (grid/list of overrides x seeds; launch/sweep.py, docs/experiments.md): 2 runs at a time here
+    python -m launch --sweep sweeps/token_fusion_ablation.yaml --parallel 2 [--dry-run]
+    # the same as one SLURM job array, 4 tasks at a time
+    python -m launch --sweep sweeps/token_fusion_ablation.yaml --cluster slurm --parallel 4
 
 The run folder comes from the config (``run.dir`` or ``run.root/run.name``), never from a timestamp, so a
 requeued or re-launched job finds its checkpoints and resumes. submitit's logs go to ``RUN/submitit/``.
@@ -30,9 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     from toolkit.cli import Parser, float_at_least, int_at_least
 
     p = Parser(prog="python -m launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", "-c", required=True, help="run config YAML")
-    p.add_argument("--cluster", choices=["slurm", "local", "debug"], required=True,
-                   help="slurm: sbatch via submitit; local: subprocesses on this machine; debug: in this process")
+    p.add_argument("--config", "-c", help="run config YAML (or --sweep)")
+    p.add_argument("--sweep", help="sweep file YAML: a grid/list of overrides x seeds, one run each (launch/sweep.py)")
+    p.add_argument("--parallel", type=int_at_least(1),
+                   help="--sweep: runs at once (local: OMP_NUM_THREADS is split between them; slurm: array parallelism)")
+    p.add_argument("--cluster", choices=["slurm", "local", "debug"],
+                   help="slurm: sbatch via submitit; local: subprocesses on this machine; debug: in this process "
+                        "(required with --config; --sweep: local by default)")
     p.add_argument("--profile", help="cluster profile: slurm/<NAME>.yaml or a path")
     p.add_argument("--nodes", type=int_at_least(1), help="nodes (slurm)")
     p.add_argument("--gpus-per-node", type=int_at_least(0), help="GPUs per node; one task per GPU")
@@ -126,7 +134,18 @@ def dry_run_text(executor, cluster: str, res, run_dir: Path, cfg_dict: dict) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if bool(args.config) == bool(args.sweep):
+        parser.error("give exactly one of --config or --sweep")
+    if args.sweep:
+        from launch.sweep import main as sweep_main
+
+        return sweep_main(args)
+    if not args.cluster:
+        parser.error("--cluster is required with --config (slurm, local or debug)")
+    if args.parallel:
+        parser.error("--parallel is a --sweep option")
     from launch.job import TrainJob
     from launch.profiles import ProfileError, load_profile
     from toolkit.config import ConfigError, load_config, run_dir, to_dict
