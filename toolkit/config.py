@@ -37,9 +37,13 @@ class RunConfig:
     stem. It never contains a timestamp, so re-running (or a requeued job) finds its checkpoints.
     """
 
+    #: run name; the run folder is root/name (default: the config file's stem, or the task name without a file)
     name: str = ""
+    #: folder that holds the runs
     root: str = "runs"
+    #: explicit run folder; overrides root/name when set
     dir: str = ""
+    #: global seed: model init, data order and augmentation (each rank and worker derives its own from it)
     seed: int = 0
 
 
@@ -52,12 +56,21 @@ class DataConfig:
     fresh stream seeded by the resume step (no reading; statistically equivalent; for very long runs).
     """
 
+    #: training shard spec: a brace pattern, glob or several joined with `::`
+    #: (data/shards/x/train-{000000..000009}.tar)
     train: str = ""
+    #: validation shard spec, same forms as data.train ("" = no validation)
     val: str = ""
+    #: samples per rank per micro-step (the global batch is batch_size x ranks x train.grad_accum)
     batch_size: int = 8
+    #: validation batch size per rank (0 = data.batch_size)
     val_batch_size: int = 0
+    #: DataLoader worker processes per rank (0 = decode in the training process)
     num_workers: int = 2
+    #: WebDataset shuffle buffer, samples (0 = shard order only)
     shuffle_buffer: int = 1000
+    #: on resume: `exact` fast-forwards the stream to where the checkpoint left it (reads but does not decode the
+    #: consumed samples); `reseed` starts a fresh stream seeded by the resume step (no reading; for very long runs)
     resume: str = "exact"
 
 
@@ -70,13 +83,21 @@ class TrainConfig:
     An optimizer step whose loss or gradient norm is not finite is skipped on every rank (counted as
     ``train/skipped_steps``); ``max_bad_steps`` skips in a row stop the run with an error."""
 
+    #: optimizer steps of the whole run (a resumed run continues up to it)
     max_steps: int = 1000
+    #: micro-batches accumulated per optimizer step
     grad_accum: int = 1
+    #: clip the global gradient norm to this value (0 = no clipping)
     grad_clip: float = 1.0
+    #: `fp32`, `bf16` (autocast) or `fp16` (autocast with loss scaling; needs CUDA or MPS)
     precision: str = "fp32"
+    #: `auto` picks cuda, then mps, then cpu
     device: str = "auto"
+    #: `ddp` (torch DistributedDataParallel) or `deepspeed` (ZeRO; settings in the deepspeed section)
     strategy: str = "ddp"
+    #: DDP's find_unused_parameters, for models whose forward skips parameters (ddp only)
     find_unused_parameters: bool = False
+    #: optimizer steps in a row skipped for a non-finite loss or gradient norm before the run stops with an error
     max_bad_steps: int = 20
 
 
@@ -91,12 +112,20 @@ class DeepSpeedConfig:
     ``config``: path of a DeepSpeed JSON file whose keys are used (its ``zero_optimization`` replaces the
     one built from the keys above); batch sizes, accumulation, clipping and precision stay the engine's."""
 
+    #: ZeRO stage: 1 (optimizer states partitioned), 2 (+ gradients) or 3 (+ parameters)
     stage: int = 2
+    #: keep the optimizer-state partitions in CPU memory
     offload_optimizer: bool = False
+    #: keep the parameter partitions in CPU memory (stage 3 only)
     offload_param: bool = False
+    #: reduce-scatter bucket size, elements (>= 1)
     reduce_bucket_size: int = 500_000_000
+    #: all-gather bucket size, elements (>= 1)
     allgather_bucket_size: int = 500_000_000
+    #: (stage 3) parameters with fewer elements stay unpartitioned (>= 0)
     param_persistence_threshold: int = 100_000
+    #: path of a DeepSpeed JSON file whose keys are used (its zero_optimization replaces the one built from the keys
+    #: above; batch sizes, accumulation, clipping and precision stay the engine's); "" = none
     config: str = ""
 
 
@@ -104,12 +133,19 @@ class DeepSpeedConfig:
 class OptimConfig:
     """AdamW with linear warmup then ``schedule`` (cosine | linear | constant) down to ``min_lr_ratio * lr``."""
 
+    #: peak learning rate of AdamW
     lr: float = 1e-3
+    #: AdamW betas, 2 values in [0, 1)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    #: AdamW epsilon
     eps: float = 1e-8
+    #: AdamW decoupled weight decay
     weight_decay: float = 0.01
+    #: linear warmup from 0 to optim.lr, optimizer steps
     warmup_steps: int = 100
+    #: learning-rate decay after warmup down to min_lr_ratio x lr at train.max_steps
     schedule: str = "cosine"
+    #: final learning rate as a fraction of optim.lr
     min_lr_ratio: float = 0.1
 
 
@@ -118,8 +154,12 @@ class EMAConfig:
     """Exponential moving average of the weights: ``ema = decay * ema + (1 - decay) * w`` after every
     optimizer step; with ``warmup`` the decay ramps as min(decay, (1 + step) / (10 + step))."""
 
+    #: keep an exponential moving average of the weights (evaluated and exported beside the raw weights)
     enabled: bool = True
+    #: EMA decay per optimizer step
     decay: float = 0.999
+    #: ramp the decay as min(decay, (1 + step) / (10 + step)) so early averages are not dominated by the initial
+    #: weights
     warmup: bool = True
 
 
@@ -127,8 +167,11 @@ class EMAConfig:
 class LogConfig:
     """TensorBoard scalars and a console line every ``every`` steps; images every ``image_every``."""
 
+    #: optimizer steps between TensorBoard scalars and console lines
     every: int = 20
+    #: optimizer steps between TensorBoard images (0 = never)
     image_every: int = 200
+    #: show a tqdm progress bar with ETA on rank 0 (when stderr is a terminal)
     progress: bool = True
 
 
@@ -141,9 +184,13 @@ class CheckpointConfig:
     ``checkpoints/quarantine/``, never counted or deleted. If the folder holds such files and no usable
     checkpoint, the run refuses to start again from step 0 unless ``allow_fresh_start`` is true."""
 
+    #: optimizer steps between checkpoints iter_{N:09d}.pt (0 = only at the end)
     every: int = 500
+    #: newest checkpoints of this run kept (older ones are deleted)
     keep: int = 3
+    #: write the task's TorchScript exports (iter_N_*.jit) beside each checkpoint
     export_jit: bool = True
+    #: start again from step 0 even though checkpoints/ holds only quarantined (unloadable, corrupt or foreign) files
     allow_fresh_start: bool = False
 
 
@@ -151,8 +198,11 @@ class CheckpointConfig:
 class EvalConfig:
     """Validation on ``data.val`` every ``every`` steps (0 = only at the end); ``max_batches`` 0 = all."""
 
+    #: optimizer steps between validations on data.val (0 = only at the end)
     every: int = 500
+    #: validation batches per evaluation (0 = the whole validation set)
     max_batches: int = 0
+    #: validate the EMA weights too (when ema.enabled)
     ema: bool = True
 
 
@@ -160,15 +210,25 @@ class EvalConfig:
 class Config:
     """A whole run. ``task`` is the chosen task's own ``Config`` dataclass."""
 
+    #: the task's own section; its schema is the Config dataclass of the task named by task.name
     task: Any = None
+    #: run folder and seed
     run: RunConfig = field(default_factory=RunConfig)
+    #: shards and loading
     data: DataConfig = field(default_factory=DataConfig)
+    #: the training loop
     train: TrainConfig = field(default_factory=TrainConfig)
+    #: ZeRO settings
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    #: optimizer and schedule
     optim: OptimConfig = field(default_factory=OptimConfig)
+    #: weight averaging
     ema: EMAConfig = field(default_factory=EMAConfig)
+    #: logging
     log: LogConfig = field(default_factory=LogConfig)
+    #: checkpoints and exports
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    #: validation
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -406,3 +466,23 @@ def describe(cls=Config, prefix: str = "") -> list[str]:
         else:
             lines.append(f"  {prefix}{f.name} = {default!r}")
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m toolkit.config --reference``: print the Markdown configuration reference
+    (:mod:`toolkit.config_reference`); the committed copy is ``docs/configuration.md``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m toolkit.config", description=main.__doc__)
+    parser.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown)")
+    args = parser.parse_args(argv)
+    if not args.reference:
+        parser.error("nothing to do: pass --reference")
+    from toolkit.config_reference import render
+
+    print(render(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

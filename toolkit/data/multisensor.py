@@ -153,39 +153,44 @@ def read_sample(sample: dict) -> tuple[dict, dict]:
 
 @dataclass
 class MultiSensorConfig:
-    """How a multi-sensor sample is decoded: image size and augmentation, points, BEV targets.
+    """How a multi-sensor sample is decoded: image size and augmentation, points, BEV targets."""
 
-    Attributes:
-        image_height, image_width: decoded image size, px (Simple-BEV 224 x 400 at res_scale 1); 0 = as stored.
-        augment: train-time resize/crop jitter (:func:`toolkit.camera.augment.random_resize_crop`); else a
-            plain resize.
-        scale_range, crop_jitter_px: the jitter (Simple-BEV: U(0.8, 1.2), ``int(H (1 - 0.8))`` px if None).
-        resample: ``bilinear`` or ``nearest`` (Simple-BEV; faster, aliased).
-        image_dtype: ``uint8`` (0..255) or ``float32`` (0..1).
-        extrinsics: ``keyframe`` (``cam2keyego``, exact, FIERY) or ``calibrated`` (``cam2ego``, Simple-BEV).
-        max_points: points kept (random subset if more, padded with zeros if fewer); 0 = no points.
-        x_bounds, y_bounds, resolution, z_bounds, z_cells: the :class:`~toolkit.bev.grid.BEVGrid`.
-        targets: compute the BEV targets; categories: their category prefixes; sigma_cells: centre
-            Gaussian sigma, cells; ignore_visibility: visibility bins zeroed in ``valid``.
-    """
-
+    #: decoded image height, px (Simple-BEV 224); 0 = as stored (then image_width must be 0 too)
     image_height: int = 224
+    #: decoded image width, px (Simple-BEV 400); 0 = as stored
     image_width: int = 400
+    #: train-time resize/crop jitter (Simple-BEV, toolkit.camera.augment.random_resize_crop); else a plain resize
     augment: bool = False
+    #: the jitter's scale interval [low, high] (Simple-BEV: U(0.8, 1.2))
     scale_range: list[float] = field(default_factory=lambda: [0.8, 1.2])
+    #: the jitter's crop offset range, px (null = int(H (1 - 0.8)), Simple-BEV's)
     crop_jitter_px: int | None = None
+    #: image resampling: `bilinear` or `nearest` (Simple-BEV; faster, aliased)
     resample: str = "bilinear"
+    #: `uint8` (0..255) or `float32` (0..1)
     image_dtype: str = "uint8"
+    #: `keyframe` (camera -> keyframe ego, exact, FIERY) or `calibrated` (camera -> ego at the image's time,
+    #: Simple-BEV)
     extrinsics: str = "keyframe"
+    #: LiDAR points kept (a random subset if more, zero-padded if fewer); 0 = no points; >= 0
     max_points: int = 40000
+    #: BEV grid extent along ego x, m [min, max]
     x_bounds: list[float] = field(default_factory=lambda: [-50.0, 50.0])
+    #: BEV grid extent along ego y, m [min, max]
     y_bounds: list[float] = field(default_factory=lambda: [-50.0, 50.0])
+    #: BEV cell side, m
     resolution: float = 0.5
+    #: height interval of the voxel grid, m [min, max]
     z_bounds: list[float] = field(default_factory=lambda: [-5.0, 3.0])
+    #: voxel cells along z
     z_cells: int = 8
+    #: compute the BEV targets (segmentation, centre, offset)
     targets: bool = True
+    #: nuScenes category prefixes that make up the target class
     categories: list[str] = field(default_factory=lambda: ["vehicle."])
+    #: Gaussian sigma of the centre heatmap, cells
     sigma_cells: float = 3.0
+    #: nuScenes visibility bins whose boxes are zeroed in the valid mask (1 = 0-40 % visible)
     ignore_visibility: list[int] = field(default_factory=lambda: [1])
 
     def validate(self) -> None:

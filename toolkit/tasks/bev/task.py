@@ -47,38 +47,39 @@ def _tiny_sample() -> MultiSensorConfig:
 
 @dataclass
 class BEVConfig:
-    """``task:`` section of a ``bev`` run.
+    """``task:`` section of a ``bev`` run."""
 
-    Attributes:
-        inputs: ``cam``, ``lidar`` or ``cam+lidar`` (Simple-BEV's C, C+L).
-        encoder: image trunk, one of ``resnet18|34|50|101``, ``effb0|effb4`` (efficientnet-pytorch), ``tiny``.
-        encoder_base: stem width (ResNet 64); feat_channels: ``C`` of image and BEV features (Simple-BEV 128);
-        merge_channels: the encoder's merge width (Simple-BEV 512).
-        encoder_weights: a local ``.pt`` state dict for the image trunk (torchvision ResNet names), "" = random.
-        decoder_width: FIERY trunk width (64); decoder_norm: ``instance`` (Simple-BEV) or ``batch`` (FIERY).
-        loss_weighting: ``uncertainty`` or ``fixed``; seg_scale: factor on the seg term (Simple-BEV 10);
-        pos_weight: seg BCE positive weight (2.13).
-        seg_prior: initial vehicle probability of the seg head (RetinaNet's prior initialisation; 0 = none).
-        ncams: cameras per training sample (random subset when < 6; evaluation uses all).
-        near_m: half side of the short-range IoU square, m (FIERY's 30 x 30 m: 15).
-        sample: how samples are decoded (image size, jitter, points, BEV grid, targets).
-    """
-
+    #: task name (selects this schema)
     name: str = "bev"
+    #: `cam`, `lidar` or `cam+lidar` (Simple-BEV's C, L, C+L)
     inputs: str = "cam"
+    #: image trunk: `resnet18`, `resnet34`, `resnet50`, `resnet101`, `effb0`, `effb4` (efficientnet-pytorch) or `tiny`
     encoder: str = "tiny"
+    #: stem width of the image trunk (ResNet 64); >= 1
     encoder_base: int = 16
+    #: C of the image and BEV features (Simple-BEV 128); >= 1
     feat_channels: int = 32
+    #: the encoder's merge width (Simple-BEV 512); >= 1
     merge_channels: int = 64
+    #: a local .pt state dict for the image trunk (torchvision ResNet names); "" = random init; the file must exist
     encoder_weights: str = ""
+    #: FIERY decoder trunk width (64); >= 1
     decoder_width: int = 16
+    #: decoder normalisation: `instance` (Simple-BEV) or `batch` (FIERY)
     decoder_norm: str = "instance"
+    #: `uncertainty` (learned, Kendall et al.) or `fixed`
     loss_weighting: str = "uncertainty"
+    #: factor on the segmentation term (Simple-BEV 10)
     seg_scale: float = 1.0
+    #: segmentation BCE positive weight (Simple-BEV 2.13)
     pos_weight: float = 2.13
+    #: initial vehicle probability of the segmentation head (RetinaNet's prior initialisation); 0 = none; in [0, 1)
     seg_prior: float = 0.0
+    #: cameras per training sample (a random subset when < 6; evaluation uses all); 1..6
     ncams: int = 6
+    #: half side of the short-range IoU square, m (FIERY's 30 x 30 m: 15)
     near_m: float = 15.0
+    #: how samples are decoded: image size, jitter, points, BEV grid and targets (targets must be true)
     sample: MultiSensorConfig = field(default_factory=_tiny_sample)
 
     def validate(self) -> None:

@@ -40,12 +40,18 @@ from .visuals import input_grid, similarity_image
 class CILPConfig(CILPDataConfig):
     """``task:`` section of a ``cilp`` run."""
 
+    #: task name (selects this schema)
     name: str = "cilp"
+    #: contrastive embedding width
     emb_dim: int = 200
+    #: hidden width of the embedding heads
     hidden: int = 100
+    #: initial CLIP logit scale, ln(1/0.07) (CLIP)
     init_logit_scale: float = math.log(1 / 0.07)
+    #: clamp of the learnable logit scale, ln 100 (CLIP)
     max_logit_scale: float = math.log(100.0)
-    lidar_trunk_run: str = ""      # a LiDAR classifier run whose trunk is loaded and locked (LiT); "" = train it
+    #: a LiDAR classifier run (fusion with mode lidar) whose trunk is loaded and locked (LiT); "" = train the trunk
+    lidar_trunk_run: str = ""
 
 
 class CILPTask(Task):

@@ -22,11 +22,18 @@ from toolkit.lidar.shard_format import load_npy
 class CILPDataConfig:
     """Input settings shared by the CILP and fusion tasks (``task.*`` keys)."""
 
+    #: LiDAR input encoding: `depth` (1 channel, range / range_scale_m) or `xyza` (x, y, z / range_scale_m and a hit
+    #: mask)
     lidar_input: str = "depth"
+    #: ranges are clipped here; farther returns count as no hit, m; > 0
     max_range_m: float = 50.0
+    #: divisor of ranges and coordinates, m; > 0
     range_scale_m: float = 10.0
+    #: 4 positive widths of the convolution trunks (64 -> 4 pixels)
     channels: list[int] = field(default_factory=lambda: [50, 100, 200, 200])
+    #: classes of the classifier heads (the synthetic set: cubes, spheres)
     num_classes: int = 2
+    #: normalisation in the trunks: `none`, `batch` or `group`
     norm: str = "none"
 
     def validate(self) -> None:

@@ -31,9 +31,13 @@ TITLES = {"late": "Late Fusion", "concat": "Int Fusion (Concat)", "add": "Int Fu
 class FusionConfig(CILPDataConfig):
     """``task:`` section of a ``fusion`` run (plus the shared input settings of :class:`CILPDataConfig`)."""
 
+    #: task name (selects this schema)
     name: str = "fusion"
+    #: `late`, `concat`, `add`, `mul` (fusion variants), `lidar` or `rgb` (unimodal classifiers)
     mode: str = "late"
+    #: trunk downsampling: `maxpool` or `stride` (strided convolutions, the ablation)
     downsample: str = "maxpool"
+    #: embedding width before the classifier head
     emb_dim: int = 128
 
     def validate(self) -> None:

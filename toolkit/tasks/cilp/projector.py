@@ -28,10 +28,15 @@ from .stages import load_cilp, load_lidar_classifier
 class CILPProjectorConfig:
     """``task:`` section of a ``cilp_projector`` run."""
 
+    #: task name (selects this schema)
     name: str = "cilp_projector"
+    #: the trained cilp run whose image embedder is frozen
     cilp_run: str = "runs/cilp"
+    #: the trained LiDAR classifier run whose trunk gives the target embeddings
     lidar_classifier_run: str = "runs/cilp_lidar_classifier"
+    #: which weights of those runs are loaded: `ema` or `model`
     weights: str = "ema"
+    #: hidden widths of the projector MLP
     hidden: list[int] = field(default_factory=lambda: [1000, 500])
 
 

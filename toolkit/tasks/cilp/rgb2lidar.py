@@ -27,11 +27,17 @@ from .stages import load_cilp, load_lidar_classifier
 class RGB2LiDARConfig:
     """``task:`` section of an ``rgb2lidar`` run."""
 
+    #: task name (selects this schema)
     name: str = "rgb2lidar"
+    #: the trained cilp run whose image embedder is frozen
     cilp_run: str = "runs/cilp"
+    #: the trained cilp_projector run (its projector is fine-tuned)
     projector_run: str = "runs/cilp_projector"
+    #: the trained LiDAR classifier run whose head is frozen
     lidar_classifier_run: str = "runs/cilp_lidar_classifier"
+    #: which weights of those runs are loaded: `ema` or `model`
     weights: str = "ema"
+    #: classes of the classifier head
     num_classes: int = 2
 
 

@@ -33,36 +33,38 @@ from .visuals import range_images
 
 @dataclass
 class LidarTokenizerConfig:
-    """``task:`` section of a ``lidar_tokenizer`` run.
+    """``task:`` section of a ``lidar_tokenizer`` run."""
 
-    Attributes:
-        preset: model size, ``tiny`` (CPU), ``small`` or ``cosmos`` (CI8x8 width 128, mult [2, 4, 4]).
-        channels, channel_mult, num_res_blocks: override the preset (0 / empty = preset value).
-        latent_channels: latent channels per 8 x 8 block (Cosmos: 16; 15 keeps a 32 x 1084 map >= 4x).
-        min_range_m, max_range_m: valid interval, m (clipping and normalisation range).
-        normalization: ``linear`` (Cosmos) or ``log``.
-        fill_invalid: ``nearest`` (row-wise from valid neighbours), ``max`` or ``min``.
-        row_repeat: 1 (native rows) or 4 (Cosmos' row repeat).
-        masked_loss: L1 over valid pixels only.
-        crop_width: training crop in columns (multiple of 8; 0 = whole sweep).
-        map_rows, map_cols: the sensor's range-map size (nuScenes HDL-32E: 32 x 1084); evaluation pads
-            to ceil8(map_cols) columns and the logged compression ratio refers to this size.
-    """
-
+    #: task name (selects this schema)
     name: str = "lidar_tokenizer"
+    #: model size: `tiny` (CPU), `small` or `cosmos` (Cosmos CI8x8 width 128, mult [2, 4, 4], for GPUs)
     preset: str = "tiny"
+    #: base width, overriding the preset's (0 = the preset's)
     channels: int = 0
+    #: width multiplier per level, overriding the preset's (empty = the preset's)
     channel_mult: list[int] = field(default_factory=list)
+    #: ResBlocks per encoder level, overriding the preset's (0 = the preset's)
     num_res_blocks: int = 0
+    #: latent channels per 8 x 8 block (Cosmos: 16; 15 keeps a 32 x 1084 map >= 4x compressed); >= 1
     latent_channels: int = 16
+    #: valid range interval start, m (clipping and normalisation); > 0 and < max_range_m
     min_range_m: float = 1.0
+    #: valid range interval end, m
     max_range_m: float = 100.0
+    #: range normalisation: `linear` (Cosmos) or `log`
     normalization: str = "linear"
+    #: how invalid (no-return) pixels are filled: `nearest` (row-wise from valid neighbours), `max` or `min`
     fill_invalid: str = "nearest"
+    #: 1 (native rows) or 4 (Cosmos' row repeat); map_rows x row_repeat must be a multiple of 8
     row_repeat: int = 1
+    #: L1 over valid pixels only
     masked_loss: bool = True
+    #: training crop in columns: 0 (whole sweep) or a multiple of 8
     crop_width: int = 256
+    #: the sensor's range-map rows (nuScenes HDL-32E: 32)
     map_rows: int = 32
+    #: the sensor's range-map columns (nuScenes HDL-32E: 1084); evaluation pads to ceil8(map_cols) and the logged
+    #: compression ratio refers to this size
     map_cols: int = 1084
 
     def validate(self) -> None:

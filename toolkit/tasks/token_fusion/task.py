@@ -83,22 +83,24 @@ def _tiny_sample() -> MultiSensorConfig:
 
 @dataclass
 class PillarConfig:
-    """The PointPillars grid and caps (:mod:`.pillars`).
+    """The PointPillars grid and caps (:mod:`.pillars`)."""
 
-    Attributes:
-        x_bounds, y_bounds, z_bounds: extent in the keyframe ego frame, m (points outside are dropped).
-        resolution: pillar side, m (PointPillars KITTI 0.16, mmdet3d nuScenes 0.25).
-        max_points_per_pillar: N (PointPillars 100, mmdet3d nuScenes 64); max_pillars: P per sample (12000).
-        channels: PFN width C (64); patch: pseudo-image cells per token side.
-    """
-
+    #: pillar grid extent along ego x, m [min, max] (points outside are dropped)
     x_bounds: list[float] = field(default_factory=lambda: [-32.0, 32.0])
+    #: pillar grid extent along ego y, m [min, max]
     y_bounds: list[float] = field(default_factory=lambda: [-32.0, 32.0])
+    #: height interval kept, m [min, max] (keyframe ego frame)
     z_bounds: list[float] = field(default_factory=lambda: [-3.0, 5.0])
+    #: pillar side, m (PointPillars KITTI 0.16, mmdet3d nuScenes 0.25); the extents must be multiples of it
     resolution: float = 1.0
+    #: points kept per pillar N (PointPillars 100, mmdet3d nuScenes 64); >= 1
     max_points_per_pillar: int = 16
+    #: non-empty pillars kept per sample P (PointPillars 12000); >= 1
     max_pillars: int = 4096
+    #: PointPillars PFN width C (PointPillars 64); >= 1
     channels: int = 32
+    #: pseudo-image cells per LiDAR token side; >= 1, a power of 2 with task.stem=conv, dividing the grid's rows and
+    #: columns
     patch: int = 8
 
     def grid(self) -> BEVGrid:
@@ -107,81 +109,86 @@ class PillarConfig:
 
 @dataclass
 class TokenFusionConfig:
-    """``task:`` section of a ``token_fusion`` run (defaults: the CPU preset, ``configs/fusion_tokens/tiny.yaml``).
+    """``task:`` section of a ``token_fusion`` run; the defaults are a CPU size.
 
-    Attributes:
-        loss: ``pre_fusion``, ``pre_fusion+fused`` or ``fused_only`` (module docstring).
-        cross_attention: two-way cross-attention in the fusion blocks (false: feed-forward only, the ablation).
-        dim, heads, mlp_ratio: token width, attention heads, feed-forward width / dim.
-        image_patch: image pixels per token side; stem: the patch embeddings of images and pillar pseudo-images,
-            ``conv`` (stride-2 convolutions) or ``linear`` (one convolution per patch, the seed's; :mod:`.patches`);
-        image_depth, lidar_depth, fusion_depth: blocks per stage.
-        embed_dim: contrastive embedding width E; fused_dim: fused embedding width E_f.
-        pool: pre-fusion pooling (:class:`~.model.TokenPool`): ``grid`` (each camera's token grid pooled to
-            ``image_pool_grid`` cells, the LiDAR token grid to ``lidar_pool_grid``, concatenated, projected) or
-            ``mean`` (the mean of all tokens, projected). export_camera: the camera slot of ``img_enc`` (grid).
-        fused_pool: how the fused embedding head (and so the matching head) pools the tokens after the
-            cross-modal blocks: ``grid`` (the ``grid`` pooling's cells of every camera and of the LiDAR grid,
-            concatenated: position-specific weights) or ``mean`` (each stream's token mean: the same weights for
-            every token, fewer to fit on a small set: the re-ranked recall of README "Token fusion").
-        init_logit_scale, max_logit_scale: CLIP's ln(1/0.07) and clamp ln(100).
-        match_weight: factor on the matching loss (``pre_fusion+fused``).
-        match_tokens: the matching head adds a token-level term, a score per post-fusion token averaged
-            (:class:`~.model.MatchHead` ``token_dim``): local agreement before pooling.
-        match_negatives: hard-negative scans per image and images per scan in the matching loss (ALBEF: 1).
-        match_temperature: the hard negatives' sampling temperature, softmax(cosine / T) over the batch's
-            non-partners (0.1: nearly always the nearest, in this preset's batches mostly a neighbouring keyframe
-            of the same scene; large: nearly uniform over the batch).
-        rerank_k: candidates re-ranked by the fused pair score in validation (0 = no re-ranking).
-        azimuth_frequencies: F of the shared ego-frame azimuth embedding added to both streams' tokens before
-            the cross-modal blocks (:class:`~.model.Fusion`; PETR-style, from each image token's camera ray
-            and each LiDAR token's bearing); 0 = none (the runs before 2026-12-02's third session).
-        azimuth_bias: initial beta of the cross-attention direction bias beta_h cos(phi_q - phi_k)
-            (:class:`~.model.CrossModalBlock`, learnable per head; 0 = none): attention starts on the other
-            modality's tokens in the same direction.
-        cross_gate: Flamingo's tanh gate on each cross-attention residual, initialised closed
-            (:class:`~.model.CrossModalBlock` ``gate``): the model starts as the ablation and opens the
-            attention only as far as the losses gain from it.
-        mirror: training augmentation: with probability 1/2 mirror the whole sample left-right (ego y -> -y:
-            every image flipped horizontally, left and right cameras swapped, LiDAR y negated), a symmetry of
-            the nuScenes rig up to its few-cm mounting asymmetry.
-        colour_jitter: training augmentation of strength ``s`` (0 = off): one brightness, contrast and per-channel
-            gain factor per sample, each from U(1 - s, 1 + s), applied to all six images alike (a scene's
-            colours then stop identifying it, so matching has to rest on geometry).
-        pillars: :class:`PillarConfig`; sample: the multi-sensor decode (``targets`` is ignored: never computed).
+    The preset ``configs/fusion_tokens/tiny.yaml`` differs from these defaults in ``cross_gate``,
+    ``fusion_depth``, ``image_depth``, ``lidar_depth``, ``rerank_k`` (one block per stage, the gate on; checked
+    by ``tests/test_config_reference.py``).
     """
 
+    #: task name (selects this schema)
     name: str = "token_fusion"
+    #: `pre_fusion`, `pre_fusion+fused` or `fused_only` (the module docstring of toolkit.tasks.token_fusion.task)
     loss: str = "pre_fusion+fused"
+    #: two-way cross-attention in the fusion blocks (false: feed-forward only, the ablation)
     cross_attention: bool = True
+    #: token width; >= 1, a multiple of task.heads
     dim: int = 64
+    #: attention heads; >= 1
     heads: int = 4
+    #: feed-forward width / dim
     mlp_ratio: float = 2.0
+    #: image pixels per token side; >= 1, a power of 2 with task.stem=conv; divides the image height and width
     image_patch: int = 16
+    #: patch embeddings of images and pillar pseudo-images: `conv` (stride-2 convolutions) or `linear` (one
+    #: convolution per patch, the seed's)
     stem: str = "conv"
+    #: transformer blocks of the per-camera image encoder; >= 0
     image_depth: int = 2
+    #: transformer blocks of the LiDAR token encoder; >= 0
     lidar_depth: int = 2
+    #: cross-modal fusion blocks; >= 0 (>= 1 with cross-attention and loss pre_fusion+fused)
     fusion_depth: int = 2
+    #: contrastive (pre-fusion) embedding width E; >= 1
     embed_dim: int = 128
+    #: fused embedding width E_f; >= 1
     fused_dim: int = 128
+    #: pre-fusion pooling: `grid` (each camera's token grid pooled to image_pool_grid cells, the LiDAR grid to
+    #: lidar_pool_grid, concatenated, projected) or `mean` (the mean of all tokens, projected)
     pool: str = "grid"
+    #: pooling of the fused embedding and matching heads after the cross-modal blocks: `grid` (position-specific
+    #: weights) or `mean` (each stream's token mean)
     fused_pool: str = "mean"
+    #: [rows, cols] >= 1: cells each camera's token grid is pooled to (pool=grid)
     image_pool_grid: list[int] = field(default_factory=lambda: [2, 3])
+    #: [rows, cols] >= 1: cells the LiDAR token grid is pooled to (pool=grid)
     lidar_pool_grid: list[int] = field(default_factory=lambda: [4, 4])
+    #: the camera slot (a nuScenes camera name, CAM_FRONT...) of the single-image export img_enc
     export_camera: str = "CAM_FRONT"
+    #: initial CLIP logit scale, ln(1/0.07) (CLIP)
     init_logit_scale: float = math.log(1 / 0.07)
+    #: clamp of the learnable logit scale, ln 100 (CLIP)
     max_logit_scale: float = math.log(100.0)
+    #: factor on the matching loss (loss pre_fusion+fused)
     match_weight: float = 1.0
+    #: the matching head adds a token-level term: a score per post-fusion token, averaged (local agreement before
+    #: pooling)
     match_tokens: bool = False
+    #: hard-negative scans per image and images per scan in the matching loss (ALBEF: 1); >= 1
     match_negatives: int = 1
+    #: sampling temperature T of the hard negatives, softmax(cosine / T) over the batch's non-partners (0.1: nearly
+    #: always the nearest; large: nearly uniform); > 0
     match_temperature: float = 0.1
+    #: candidates re-ranked by the fused pair score in validation (ALBEF retrieval); 0 = no re-ranking; >= 0
     rerank_k: int = 10
+    #: F of the shared ego-frame azimuth embedding added to both streams' tokens before fusion (PETR-style, from image
+    #: rays and LiDAR cell bearings); 0 = none; >= 0
     azimuth_frequencies: int = 8
+    #: initial beta of the cross-attention direction bias beta_h cos(phi_q - phi_k), learnable per head; 0 = none; >=
+    #: 0
     azimuth_bias: float = 0.0
+    #: Flamingo's tanh gate on each cross-attention residual, initialised closed: the model starts as the ablation and
+    #: opens the attention as far as the losses gain from it
     cross_gate: bool = False
+    #: training augmentation: with probability 1/2 mirror the whole sample left-right (images flipped, left and right
+    #: cameras swapped, LiDAR y negated)
     mirror: bool = True
+    #: training colour augmentation of strength s (0 = off): one brightness, contrast and per-channel gain factor per
+    #: sample, each from U(1 - s, 1 + s), applied to all six images alike
     colour_jitter: float = 0.3
+    #: the PointPillars grid and caps of the LiDAR tokens
     pillars: PillarConfig = field(default_factory=PillarConfig)
+    #: the multi-sensor decode: image size, jitter, points (targets is ignored: never computed)
     sample: MultiSensorConfig = field(default_factory=_tiny_sample)
 
     def validate(self) -> None:
