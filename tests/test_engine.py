@@ -21,7 +21,7 @@ def test_run_writes_checkpoints_exports_and_summary(trained_run):
     run, summary = trained_run
     assert summary["status"] == "finished" and summary["step"] == 6
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert names == sorted(f"iter_{s:09d}{suffix}" for s in (3, 6) for suffix in (".pt", "_ae.jit", "_dec.jit", "_enc.jit"))
+    assert names == sorted(f"iter_{s:09d}{suffix}" for s in (3, 6) for suffix in (".pt", "_dec.jit", "_ema.jit", "_enc.jit"))
     state = torch.load(run / "checkpoints" / "iter_000000006.pt", weights_only=True)
     assert state["step"] == 6 and state["config"]["task"]["name"] == "lidar_tokenizer"
     assert set(state) >= {"model", "ema", "optimizer", "scheduler", "scaler", "rng", "data", "config"}
@@ -105,14 +105,14 @@ def test_jit_exports_load_in_a_fresh_process_and_match_eager(trained_run, tmp_pa
     x[:, :, 28:] = 0.0  # no-return pixels
     with torch.no_grad():
         latent = RangeEncoder(ema)(x)
-        expected = {"enc": latent, "dec": RangeDecoder(ema)(latent), "ae": RangeAutoencoderExport(ema)(x)}
+        expected = {"enc": latent, "dec": RangeDecoder(ema)(latent), "ema": RangeAutoencoderExport(ema)(x)}
     torch.save({"x": x, "latent": latent, **{f"exp_{k}": v for k, v in expected.items()}}, tmp_path / "io.pt")
     script = textwrap.dedent(f"""
         import sys, torch
         d = torch.load({str(tmp_path / 'io.pt')!r})
         ck = {str(run / 'checkpoints')!r} + "/iter_000000006_"
         out = {{"enc": torch.jit.load(ck + "enc.jit")(d["x"]), "dec": torch.jit.load(ck + "dec.jit")(d["latent"]),
-               "ae": torch.jit.load(ck + "ae.jit")(d["x"])}}
+               "ema": torch.jit.load(ck + "ema.jit")(d["x"])}}
         assert "toolkit" not in sys.modules
         for k, v in out.items():
             err = (v - d["exp_" + k]).abs().max().item()
@@ -122,7 +122,7 @@ def test_jit_exports_load_in_a_fresh_process_and_match_eager(trained_run, tmp_pa
     """)
     res = run_cli([sys.executable, "-c", script], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "ok ['ae', 'dec', 'enc']" in res.stdout
+    assert "ok ['dec', 'ema', 'enc']" in res.stdout
 
 
 def test_keep_prunes_old_checkpoints_and_their_exports(lidar_shards, tmp_path):

@@ -144,7 +144,7 @@ def test_foreign_and_unreadable_checkpoints_are_quarantined_not_counted(lidar_sh
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["resumed_from"].endswith("iter_000000004.pt") and summary["step"] == STEPS
     names = sorted(p.name for p in ck.iterdir() if p.is_file())
-    assert names == [f"iter_{STEPS:09d}{s}" for s in (".pt", "_ae.jit", "_dec.jit", "_enc.jit")]
+    assert names == [f"iter_{STEPS:09d}{s}" for s in (".pt", "_dec.jit", "_ema.jit", "_enc.jit")]
     assert Checkpointer.load(ck / f"iter_{STEPS:09d}.pt")["step"] == STEPS
     q = ck / "quarantine"
     assert sha(q / "iter_000000999.pt") == foreign and sha(q / "iter_000000998.pt") == garbage
@@ -414,7 +414,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_resumes_when_space_is_back(
     error = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "No space left on device" in error[0] and "iter_000000004" in error[0], res.stderr[-2000:]
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert names == [f"iter_000000002{s}" for s in (".pt", "_ae.jit", "_dec.jit", "_enc.jit")]
+    assert names == [f"iter_000000002{s}" for s in (".pt", "_dec.jit", "_ema.jit", "_enc.jit")]
     assert Checkpointer.load(run / "checkpoints" / "iter_000000002.pt")["step"] == 2
 
     subprocess.run(["mount", "-o", "remount,size=32m", str(small_disk)], check=True)

@@ -126,7 +126,7 @@ def test_local_and_slurm_runs_complete_and_a_preempted_job_resumes_exactly(lidar
     assert "SIGTERM: checkpointing at the next sync point" in logs
     # checkpoints, JIT exports and TensorBoard logs are all in the run folder
     assert (run / "checkpoints" / f"iter_{steps:09d}_enc.jit").exists()
-    assert (run / "checkpoints" / f"iter_{steps:09d}_ae.jit").exists()
+    assert (run / "checkpoints" / f"iter_{steps:09d}_ema.jit").exists()
     assert list((run / "tb").glob("events.out.tfevents.*"))
     # the interrupted-and-resumed run ends exactly where the uninterrupted one does
     assert_same_final_weights(run, ref, steps)

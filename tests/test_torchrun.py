@@ -25,7 +25,7 @@ def test_torchrun_two_ranks(lidar_shards, tmp_path, precision):
     assert state["world_size"] == 2 and set(state["rng"]) == {"0", "1"}
     # each rank drew its own data: the two ranks' RNG states differ
     assert not torch.equal(state["rng"]["0"]["torch"], state["rng"]["1"]["torch"])
-    assert (run / "checkpoints" / "iter_000000020_ae.jit").exists()
+    assert (run / "checkpoints" / "iter_000000020_ema.jit").exists()
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [row["train/loss"] for row in lines if "train/loss" in row]
     assert len(losses) == 4 and all(v == v for v in losses)  # logged by rank 0 only, finite

@@ -8,7 +8,8 @@ Loss: L1 between input and reconstruction in normalised units, over valid pixels
 or all pixels (Cosmos forces an all-ones mask). Metrics: RMSE, MAE and relative error in metres
 over valid pixels, pooled over frames (``shared/notes/lidar-tokenizer.md`` section 4).
 Exports, all from the weights the engine exports (EMA by default): ``enc`` (metres -> latent),
-``dec`` (latent -> metres), ``ae`` (the whole autoencoder, metres -> metres).
+``dec`` (latent -> metres), ``ema`` (the whole autoencoder, metres -> metres): Cosmos' ``iter_N.pt``,
+``iter_N_enc.jit``, ``iter_N_dec.jit``, ``iter_N_ema.jit`` layout (``iter_N_ae.jit`` before issue 27).
 """
 
 from __future__ import annotations
@@ -175,14 +176,17 @@ class LidarTokenizerTask(Task):
 
     # --- export ---------------------------------------------------------------------------------
     def exports(self, model: nn.Module) -> dict[str, nn.Module]:
-        return {"enc": RangeEncoder(model), "dec": RangeDecoder(model), "ae": RangeAutoencoderExport(model)}
+        """Cosmos' export layout: ``iter_N_enc.jit`` (range -> latent), ``iter_N_dec.jit`` (latent -> range) and
+        ``iter_N_ema.jit``, the whole autoencoder (range -> reconstruction) of the exported weights (the EMA's
+        when ``ema.enabled``, as in Cosmos; builds before issue 27 named it ``iter_N_ae.jit``)."""
+        return {"enc": RangeEncoder(model), "dec": RangeDecoder(model), "ema": RangeAutoencoderExport(model)}
 
     def export_inputs(self, batch: dict) -> dict[str, tuple[torch.Tensor, ...]]:
         r = batch["range"]
         c = self.cfg
         shape = (r.shape[0], c.latent_channels, r.shape[2] * c.row_repeat // 8, math.ceil(r.shape[3] / 8))
         latent = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        return {"enc": (r,), "dec": (latent,), "ae": (r,)}
+        return {"enc": (r,), "dec": (latent,), "ema": (r,)}
 
     def info(self, model: nn.Module) -> dict[str, float]:
         return {"compression": self.cfg.compression(),
