@@ -1,6 +1,14 @@
-"""Turn finished runs into a Markdown results table (seed 003's columns).
+"""Turn finished runs into a Markdown results table (seed 003's columns), or a sweep into statistics.
 
 ``python -m toolkit.report runs/cilp_* [--out reports/cilp.md]``
+``python -m toolkit.report --sweep MANIFEST [--out reports/cilp.md]``: the same table of a sweep's finished runs.
+``python -m toolkit.report --sweep MANIFEST --metric KEY [--group-by KEYS] [--baseline GROUP]``: per group
+(a sweep point, or the values of ``--group-by`` override keys) mean +- std over seeds, the 95 % t interval,
+n, and against ``--baseline`` a paired t-test (and Wilcoxon) on the shared seeds with a verdict in words
+(:mod:`toolkit.stats`); written as ``PREFIX.md`` and ``PREFIX.csv`` with ``PREFIX.png``, the metric's
+training curves (mean over seeds, min-max band) from the runs' TensorBoard files. A run's value is its cached
+``toolkit.evaluate --sweep`` result (``RUN/eval/*.json``: the mean over draws; ``--eval NAME`` picks the
+file) or else its ``summary.json`` last evaluation. Failed and unfinished runs are listed, not counted.
 
 Per run: experiment (the task's :meth:`~toolkit.tasks.base.Task.title` of its config), validation loss and accuracy (the last evaluation of the
 model, ``summary.json``), trainable parameters, seconds per epoch (mean measured step time x steps per
@@ -93,9 +101,32 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.cli import Parser, check_writable, error_line
 
     p = Parser(prog="python -m toolkit.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run folders (in table order)")
-    p.add_argument("--out", help="also write the table to this Markdown file")
+    p.add_argument("runs", nargs="*", help="run folders (in table order)")
+    p.add_argument("--out", help="also write the table to this Markdown file (with --metric: the prefix of "
+                                 ".md/.csv/.png; default SWEEP_DIR/report_<metric>)")
+    p.add_argument("--sweep", help="a sweep's manifest.json (or its folder), from python -m launch --sweep")
+    p.add_argument("--metric", help="--sweep: the metric to compare (e.g. val/R@1, or an evaluate key such as loss)")
+    p.add_argument("--group-by", help="--sweep: comma-separated override keys whose values form the groups "
+                                      "(default: the sweep's points)")
+    p.add_argument("--baseline", help="--sweep: the group the others are compared with (paired, on shared seeds)")
+    p.add_argument("--mode", choices=["max", "min", "auto"], default="auto",
+                   help="whether higher (max) or lower (min) values are better; auto: min for losses and errors")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdict (default 0.05)")
+    p.add_argument("--eval", dest="eval_name", help="--sweep: the RUN/eval/ file to read (default: the newest)")
+    p.add_argument("--curve", help="--sweep: TensorBoard tag of the curves (default: the metric's val/ tag)")
     args = p.parse_args(argv)
+    if bool(args.runs) == bool(args.sweep):
+        p.error("give run folders or --sweep MANIFEST")
+    if args.sweep:
+        from toolkit.report_sweep import sweep_report
+
+        try:
+            return sweep_report(args)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if args.metric or args.group_by or args.baseline:
+        p.error("--metric, --group-by and --baseline need --sweep")
     rows = []
     try:
         if args.out:
