@@ -308,6 +308,14 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return doc
 
 
+def write_run_info(sweep: Sweep, run: SweepRun) -> None:
+    """``RUN/sweep.json``: the sweep, point, seed and overrides of a run (its HParams in TensorBoard,
+    :mod:`toolkit.engine.logger`), written before the run starts."""
+    Path(run.dir).mkdir(parents=True, exist_ok=True)
+    write_text(Path(run.dir) / "sweep.json", json.dumps({"sweep": sweep.name, "point": run.point, "seed": run.seed,
+                                                         "overrides": run.overrides}, indent=1) + "\n")
+
+
 def dry_run_text(sweep: Sweep) -> str:
     """The runs and their overrides, one line each, plus where they go."""
     lines = [f"# sweep {sweep.name}: {len(sweep.runs)} runs of {sweep.config} in {sweep.dir}",
@@ -351,6 +359,7 @@ def run_local(sweep: Sweep, parallel: int = 1, python: str = sys.executable, pol
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
 
     def start(r: SweepRun) -> None:
+        write_run_info(sweep, r)
         log = logs / f"{r.name}.log"
         with open(log, "a") as f:
             f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {python} -m toolkit.train -c {sweep.config} "
@@ -430,6 +439,7 @@ def submit_slurm(sweep: Sweep, res, parallel: int) -> list:
         executor.update_parameters(slurm_array_parallelism=parallel)
         with executor.batch():
             for r in todo:
+                write_run_info(sweep, r)
                 cfg = load_config(sweep.config, r.args)
                 jobs.append(executor.submit(TrainJob(to_dict(cfg), res.time_min, res.signal_delay_s)))
         for r, job in zip(todo, jobs):

@@ -137,3 +137,24 @@ def test_evaluate_sweep_caches_per_run_and_skips_cached(local_sweep):
     again = run_cli(["-m", "toolkit.evaluate", "--sweep", manifest, "--draws", "2"], timeout=300)
     assert again.returncode == 0 and "0 evaluated, 2 cached, 0 failed" in again.stdout, again.stdout
     assert all(f.stat().st_mtime_ns == t for f, t, _ in cached.values())
+
+
+def test_every_sweep_run_logs_its_overrides_and_final_metrics_as_hparams(local_sweep):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, sweep_dir, _ = local_sweep
+    for name, channels in (("channels-4_s0", 4), ("channels-8_s0", 8)):
+        acc = EventAccumulator(str(sweep_dir / name / "tb"))  # the run's own log dir, no subfolder
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        params = start.session_start_info.hparams
+        assert params["task.channels"].number_value == channels and params["run.seed"].number_value == 0
+        assert params["sweep.point"].string_value == name[:-3]
+        exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        tags = {m.name.tag for m in exp.metric_infos}
+        final = json.loads((sweep_dir / name / "summary.json").read_text())["last_eval"]
+        assert tags == {k for k in final if k.startswith(("val/", "val_ema/"))} and "val/loss" in tags
+        logged = {e.step: e.value for e in acc.Scalars("val/loss")}
+        assert logged[2] == pytest.approx(final["val/loss"])

@@ -4,6 +4,13 @@ TensorBoard event files go to ``RUN/tb`` (``tensorboard --logdir runs/`` shows e
 scalars are appended to ``RUN/metrics.jsonl`` (one JSON object per log step) for scripts and reports.
 The console gets a tqdm progress bar with ETA (when ``progress`` is on and stderr is a terminal; job
 logs get only the lines) and one concise line per log step, with its own ETA. Other ranks log nothing.
+
+HParams: when a run logs its final evaluation (``val/*`` scalars at step ``total_steps``), :meth:`RunLogger.close`
+adds TensorBoard's HParams summaries to ``RUN/tb`` (no timestamped subfolder): the hyperparameters are the run's
+sweep overrides and seed (``RUN/sweep.json``, written by ``python -m launch --sweep``) or else a fixed set of
+its config (``run.seed``, ``optim.lr``, ``optim.weight_decay``, ``data.batch_size``, ``train.max_steps``,
+``train.precision`` and every scalar ``task.*`` key, from ``RUN/config.yaml``); the metrics are the final
+``val/*`` and ``val_ema/*`` scalars, so ``tensorboard --logdir runs/`` compares a sweep's runs side by side.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ class RunLogger:
         self.writer = None
         self.jsonl = None
         self.bar = None
+        self.final_eval: dict[str, float] = {}  #: ``val/*``/``val_ema/*`` scalars logged at step ``total_steps``
 
     def open(self, start_step: int = 0) -> None:
         """Open TensorBoard, ``metrics.jsonl`` (appending) and the progress bar, starting at ``start_step``."""
@@ -94,6 +102,8 @@ class RunLogger:
             return
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
+            if step == self.total and tag.startswith(("val/", "val_ema/")):
+                self.final_eval[tag] = float(value)
         try:
             self.jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
         except OSError as exc:  # a full disk: name the file
@@ -125,10 +135,48 @@ class RunLogger:
         if self.writer is not None:
             self.writer.flush()
 
+    def hparams(self, params: dict, metrics: dict[str, float]) -> None:
+        """Write the HParams plugin's summaries (experiment, session start and end) to this run's event file.
+
+        Args:
+            params: hyperparameter name -> bool, int, float or str (anything else is written as its ``str``).
+            metrics: scalar tags of this run (already logged with :meth:`scalars`) -> final value; the dashboard
+                reads each metric's value from the run's scalars under that tag.
+        """
+        if self.writer is None or not metrics:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
+        for summary in hparams(clean, dict(metrics)):
+            self.writer.file_writer.add_summary(summary)
+
+    def _run_hparams(self) -> dict:
+        """The run's hyperparameters for :meth:`hparams` (see the module docstring)."""
+        try:
+            info = json.loads((self.run_dir / "sweep.json").read_text())
+            return {**info.get("overrides", {}), "run.seed": info.get("seed"), "sweep.point": info.get("point")}
+        except (OSError, ValueError):
+            pass
+        import yaml
+
+        try:
+            cfg = yaml.safe_load((self.run_dir / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        params = {key: cfg.get(sec, {}).get(name) for key in ("run.seed", "optim.lr", "optim.weight_decay",
+                                                              "data.batch_size", "train.max_steps", "train.precision")
+                  for sec, name in [key.split(".")]}
+        params.update({f"task.{k}": v for k, v in (cfg.get("task") or {}).items() if isinstance(v, (bool, int, float, str))})
+        return params
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.writer is not None and self.final_eval:
+            self.hparams(self._run_hparams(), self.final_eval)
+            self.final_eval = {}
         if self.writer is not None:
             writer, jsonl, self.writer, self.jsonl = self.writer, self.jsonl, None, None
             try:
