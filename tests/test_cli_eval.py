@@ -64,7 +64,7 @@ def test_reconstruct_writes_points_and_pictures(trained_run, real_dataroot, tmp_
 def test_bench_prints_json_figures(lidar_shards, tmp_path):
     overrides = tiny_overrides(lidar_shards, tmp_path / "b")
     res = run_cli(["-m", "toolkit.bench", "all", "--config", str(REPO / "configs" / "lidar_tokenizer.yaml"),
-                   "--steps", "4", "--warmup", "2", "--samples", "16", "--json", *overrides])
+                   "--steps", "4", "--warmup", "2", "--samples", "16", "--compile", "false", "--json", *overrides])
     assert res.returncode == 0, res.stderr
     figures = json.loads(res.stdout.strip().splitlines()[-1])
     for key in ("loader_samples_per_s", "bare_tar_loop_samples_per_s", "loader_vs_bare_ratio", "engine_step_s",

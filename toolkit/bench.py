@@ -11,7 +11,12 @@
   (data from shards, EMA, logging, stop-trigger checks; checkpoints and evaluation off) against a bare
   PyTorch loop (next batch, forward, backward, clip, AdamW step) with the same model, batch size, precision
   and training loader, run before and after the engine; medians of 5-step means. Ratio = engine / bare
-  (1.0 = no overhead).
+  (1.0 = no overhead). Then, in the same run: the engine again with ``train.compile=--compile`` (default
+  ``model``; ``false`` skips it) and ``compiled_vs_eager_ratio``; FLOPs per step (``FlopCounterMode``),
+  achieved TFLOP/s and MFU against ``--peak-tflops`` or the known-GPU table (:mod:`toolkit.engine.flops`;
+  none on a CPU without ``--peak-tflops``); peak step memory without and with activation checkpointing of
+  the task's blocks (``--checkpointing blocks``; CUDA allocator, or torch's CPU allocations from
+  ``torch.profiler`` memory events) and their ratio.
 * ``cameras``: samples/s of the training loader on multi-sensor shards (:mod:`toolkit.data.multisensor`:
   six JPEGs decoded in the workers and resized with Simple-BEV's train-time jitter to ``--image-size``,
   40000 points, BEV targets on the 200 x 200 grid) against two bare single-process loops over the same tar
@@ -150,7 +155,8 @@ def bench_cameras(shards: str, samples: int = 48, workers: int = 2, batch_size: 
             "cameras_samples": n, "cameras_shards": len(urls)}
 
 
-def bench_engine(cfg, steps: int = 60, warmup: int = 5, window: int = 5) -> dict:
+def bench_engine(cfg, steps: int = 60, warmup: int = 5, window: int = 5, compile: str = "model",
+                 checkpointing: str = "blocks", peak_tflops: float | None = None) -> dict:
     """Seconds per step of the Trainer loop vs a bare PyTorch loop (same model, batch, precision, loader).
 
     Both loops take their batches from the same training loader (``data.num_workers`` workers), so the ratio
@@ -158,9 +164,30 @@ def bench_engine(cfg, steps: int = 60, warmup: int = 5, window: int = 5) -> dict
     loader is measured against a bare tar loop by :func:`bench_loader`. Each figure is the median over
     ``window``-step means after ``warmup`` steps; the bare loop runs once before and once after the engine
     and their medians are averaged, so a drift of the machine's speed during the run cancels out.
+
+    With ``compile`` ("model" | "blocks"; "false" = skip) the engine runs a second time with
+    ``train.compile=compile`` (its compilation falls in the warm-up steps) and
+    ``compiled_vs_eager_ratio`` = compiled / eager step time. :func:`engine_figures` adds the FLOPs per
+    step, achieved FLOP/s, MFU and the activation-checkpointing memory figures.
     """
     from toolkit.config import from_dict, to_dict
     from toolkit.engine.trainer import Trainer
+
+    result = _engine_run(cfg, steps, warmup, window, from_dict, to_dict, Trainer)
+    if compile not in ("false", None, False):
+        raw = to_dict(cfg)
+        raw["train"]["compile"] = compile
+        compiled = _engine_run(from_dict(raw, source="bench"), steps, warmup, window, from_dict, to_dict, Trainer,
+                               bare=False)
+        result.update({f"compiled_{compile}_step_s": compiled["engine_step_s"],
+                       "compiled_vs_eager_ratio": round(compiled["engine_step_s"] / result["engine_step_s"], 3),
+                       "compile_warmup_steps": warmup})
+    result.update(engine_figures(cfg, result["engine_step_s"], checkpointing, peak_tflops))
+    return result
+
+
+def _engine_run(cfg, steps, warmup, window, from_dict, to_dict, Trainer, bare: bool = True) -> dict:
+    """One Trainer run of ``warmup + steps`` steps (and the bare loop before and after it if ``bare``)."""
 
     window = max(1, min(window, steps))  # a short run (--steps < 5) is one window per step
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,20 +202,117 @@ def bench_engine(cfg, steps: int = 60, warmup: int = 5, window: int = 5) -> dict
         raw["log"]["progress"] = False
         raw["log"]["every"] = window
         ecfg = from_dict(raw, source="bench")
-        before = _bare_steps(cfg, steps, warmup, window)
+        before = _bare_steps(cfg, steps, warmup, window) if bare else 0.0
         trainer = Trainer(ecfg)
         with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
             trainer.fit()
-        after = _bare_steps(cfg, steps, warmup, window)
+        del trainer
+        after = _bare_steps(cfg, steps, warmup, window) if bare else 0.0
         rows = [json.loads(line) for line in open(f"{tmp}/metrics.jsonl") if '"perf/step_time_s"' in line]
         rows = [r for r in rows if r["step"] > warmup] or rows
         engine_step = float(np.median([r["perf/step_time_s"] for r in rows]))
+    if not bare:
+        return {"engine_step_s": round(engine_step, 4)}
     bare_step = 0.5 * (before + after)
     return {"engine_step_s": round(engine_step, 4), "bare_step_s": round(bare_step, 4),
             "bare_step_s_before_after": [round(before, 4), round(after, 4)],
             "engine_vs_bare_ratio": round(engine_step / bare_step, 3), "steps": steps, "device": str(_device(cfg)),
             "precision": cfg.train.precision, "batch_size": cfg.data.batch_size,
             "loader_workers": cfg.data.num_workers}
+
+
+def engine_figures(cfg, step_time_s: float, checkpointing: str = "blocks", peak: float | None = None) -> dict:
+    """FLOPs of one training step, achieved FLOP/s and MFU, and peak step memory without and with
+    activation checkpointing.
+
+    FLOPs: :func:`toolkit.engine.flops.flops_per_step` over one forward + backward of the task's loss on a
+    training batch (matmuls and convolutions, as PaLM's MFU; the optimizer's elementwise work is not
+    counted). Achieved TFLOP/s = FLOPs / ``step_time_s`` (the engine's measured step). MFU against
+    ``peak`` TFLOP/s, else the :data:`~toolkit.engine.flops.PEAK_TFLOPS` entry of the CUDA device for
+    ``train.precision`` (bf16/fp16 -> "bf16", fp32 -> "fp32"); none on a CPU without ``peak``.
+
+    Memory: :func:`step_peak_memory` of one forward + backward, plain and with ``checkpointing="blocks"``
+    (skipped when "false" or the task declares no blocks).
+    """
+    from toolkit.engine.flops import flops_per_step, mfu, peak_tflops
+
+    model, batch, loss_of, device = _one_step_parts(cfg)
+    flops = flops_per_step(lambda: loss_of(model, batch).backward())
+    out: dict = {"flops_per_step": flops, "achieved_tflops": round(flops / step_time_s / 1e12, 6)}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    dtype = "fp32" if cfg.train.precision == "fp32" else "bf16"
+    peak = peak if peak else peak_tflops(name, dtype)
+    out["device_name"] = name
+    if peak:
+        out.update({"peak_tflops": peak, "mfu": round(mfu(flops, step_time_s, peak), 6)})
+    if checkpointing not in ("false", None, False):
+        from toolkit.engine.parallelize import parallelize
+        from toolkit.tasks import build_task
+
+        task = build_task(cfg.task)
+        blocks = task.blocks(model)
+        if blocks:
+            plain = step_peak_memory(lambda: loss_of(model, batch).backward(), device)
+            parallelize(model, blocks, "false", "blocks", task.name)
+            ckpt = step_peak_memory(lambda: loss_of(model, batch).backward(), device)
+            out.update({"step_peak_mib": round(plain / 2**20, 2), "checkpointed_step_peak_mib": round(ckpt / 2**20, 2),
+                        "checkpointed_vs_plain_memory": round(ckpt / plain, 3), "checkpointed_blocks": len(blocks),
+                        "memory_measured": "CUDA allocator peak above the step's start" if device.type == "cuda"
+                        else "torch CPU allocations (torch.profiler memory events): peak above the step's start"})
+    return out
+
+
+def step_peak_memory(fn, device: torch.device) -> int:
+    """Peak bytes allocated by torch while ``fn()`` runs, above what was allocated when it started.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after a reset. CPU: the running sum of
+    ``torch.profiler`` memory events (``profile_memory=True``: every allocation and free of torch's
+    CPU allocator, in time order); tensors that existed before the call are not counted.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - start)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
+                    key=lambda e: e.start_ns())
+    total = peak = 0
+    for e in events:
+        total += e.nbytes()
+        peak = max(peak, total)
+    return int(peak)
+
+
+def _one_step_parts(cfg):
+    """(model in train mode on the device, one training batch, ``loss_of(model, batch)`` under the run's
+    autocast, device) for the FLOP and memory figures."""
+    from toolkit.data.pipeline import train_loader
+    from toolkit.engine.device import check_precision
+    from toolkit.tasks import build_task
+
+    device = _device(cfg)
+    mixed = check_precision(device.type, cfg.train.precision)
+    task = build_task(cfg.task)
+    torch.manual_seed(cfg.run.seed)
+    model = task.build_model().to(device).train()
+    loader = iter(train_loader(cfg.data.train, task.decode_train, cfg.data.batch_size, seed=cfg.run.seed,
+                               num_workers=0, shuffle_buffer=cfg.data.shuffle_buffer, keys=task.shard_keys))
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in next(loader).items()}
+    del loader
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed)
+
+    def loss_of(m, b):
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            return task.losses(m, b).total()
+
+    return model, batch, loss_of, device
 
 
 def _device(cfg) -> torch.device:
@@ -421,6 +545,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int_at_least(0), default=5, help="warm-up steps not measured (engine)")
     p.add_argument("--samples", type=int_at_least(1), default=None, help="samples to read (loader: default 512, cameras: 48)")
     p.add_argument("--nproc", type=int_at_least(1), default=2, help="ranks per strategy run (strategies; default 2)")
+    p.add_argument("--compile", choices=["model", "blocks", "false"], default="model",
+                   help="engine: also run with train.compile=MODE and print the compiled/eager ratio (default model)")
+    p.add_argument("--checkpointing", choices=["blocks", "false"], default="blocks",
+                   help="engine: peak step memory without and with activation checkpointing (default blocks)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="engine: peak TFLOP/s for MFU (default: the known-GPU table; none on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_intermixed_args(argv)
@@ -474,7 +604,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.which in ("loader", "all"):
         result.update(bench_loader(cfg, args.samples or 512))
     if args.which in ("engine", "all"):
-        result.update(bench_engine(cfg, args.steps, args.warmup))
+        if args.peak_tflops is not None and not args.peak_tflops > 0:
+            print(f"error: --peak-tflops must be > 0, got {args.peak_tflops}", file=sys.stderr)
+            return 2
+        result.update(bench_engine(cfg, args.steps, args.warmup, compile=args.compile,
+                                   checkpointing=args.checkpointing, peak_tflops=args.peak_tflops))
     return _print(result, args.json)
 
 

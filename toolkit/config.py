@@ -99,6 +99,14 @@ class TrainConfig:
     find_unused_parameters: bool = False
     #: optimizer steps in a row skipped for a non-finite loss or gradient norm before the run stops with an error
     max_bad_steps: int = 20
+    #: torch.compile: false | model (the whole model) | blocks (each block the task declares, regional
+    #: compilation); compiled in place, checkpoints and exports keep plain keys (toolkit.engine.parallelize)
+    compile: str = "false"
+    #: torch.compile backend: inductor (generated kernels) | aot_eager (same graphs, no code generation) | ...
+    compile_backend: str = "inductor"
+    #: false | blocks: recompute each declared block's activations in backward
+    #: (torch.utils.checkpoint, use_reentrant=False) instead of keeping them: less memory, more compute
+    activation_checkpointing: str = "false"
 
 
 @dataclass
@@ -207,6 +215,34 @@ class EvalConfig:
 
 
 @dataclass
+class ProfileConfig:
+    """``torch.profiler`` over training steps, traces under ``RUN/profile/`` (:mod:`toolkit.engine.profiler`)."""
+
+    #: profile training steps with torch.profiler (Chrome/Perfetto/TensorBoard traces under RUN/profile/)
+    enabled: bool = False
+    #: steps (of this process, counted from its first step) before the schedule starts
+    skip_first: int = 0
+    #: steps of each cycle that are not traced
+    wait: int = 1
+    #: steps of each cycle traced but discarded (the profiler's own start-up cost)
+    warmup: int = 1
+    #: steps of each cycle recorded into one trace file
+    active: int = 3
+    #: cycles (one trace file each)
+    repeat: int = 1
+    #: record each operator's input shapes
+    record_shapes: bool = False
+    #: record tensor allocations and frees (memory columns and timeline)
+    profile_memory: bool = False
+    #: record Python stacks of operators (larger traces)
+    with_stack: bool = False
+    #: on CUDA, also record the allocator's history and write RUN/profile/memory_snapshot_rank{R}.pickle
+    memory_snapshot: bool = False
+    #: profile every rank (default: rank 0 only)
+    all_ranks: bool = False
+
+
+@dataclass
 class Config:
     """A whole run. ``task`` is the chosen task's own ``Config`` dataclass."""
 
@@ -230,6 +266,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     #: validation
     eval: EvalConfig = field(default_factory=EvalConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
 CHOICES = {
@@ -241,10 +278,10 @@ CHOICES = {
     "optim.schedule": ("cosine", "linear", "constant"),
 }
 POSITIVE = ("train.max_steps", "train.grad_accum", "data.batch_size", "checkpoint.keep", "log.every",
-            "train.max_bad_steps", "optim.lr", "optim.eps")
+            "train.max_bad_steps", "optim.lr", "optim.eps", "profile.active", "profile.repeat")
 NON_NEGATIVE = ("data.num_workers", "data.shuffle_buffer", "optim.warmup_steps", "checkpoint.every",
                 "eval.every", "eval.max_batches", "log.image_every", "train.grad_clip", "data.val_batch_size",
-                "optim.weight_decay")
+                "optim.weight_decay", "profile.skip_first", "profile.wait", "profile.warmup")
 #: key -> (low, high, high included): closed or half-open intervals
 INTERVALS = {"optim.min_lr_ratio": (0.0, 1.0, True), "ema.decay": (0.0, 1.0, False)}
 
@@ -305,7 +342,16 @@ def _validate_strategy(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: deepspeed.offload_param=true needs deepspeed.stage=3, got stage {ds.stage}")
     if ds.config and not Path(ds.config).is_file():
         raise ConfigError(f"{source}: deepspeed.config: file '{ds.config}' does not exist (expected a DeepSpeed JSON)")
+    for key, allowed in (("compile", ("false", "model", "blocks")), ("activation_checkpointing", ("false", "blocks"))):
+        value = getattr(cfg.train, key)
+        value = "false" if str(value).lower() in ("false", "off", "no", "0", "") else str(value).lower()
+        if value not in allowed:
+            raise ConfigError(f"{source}: train.{key}={getattr(cfg.train, key)!r} is not one of {list(allowed)}")
+        setattr(cfg.train, key, value)
     if cfg.train.strategy == "deepspeed":
+        if cfg.train.compile != "false":
+            raise ConfigError(f"{source}: train.compile={cfg.train.compile} is not supported with "
+                              "train.strategy=deepspeed; use train.compile=false or train.strategy=ddp")
         if cfg.train.precision == "fp16":
             raise ConfigError(f"{source}: train.precision=fp16 is not supported with train.strategy=deepspeed; "
                               "use bf16 or fp32")

@@ -52,6 +52,8 @@ from toolkit.engine.evaluator import Evaluator, Visualizer
 from toolkit.engine.lock import acquire_run_lock, release_run_lock
 from toolkit.engine.logger import RunLogger
 from toolkit.engine.optim import build_optimizer, build_scheduler, reapply_settings, schedule_settings
+from toolkit.engine.parallelize import is_parallelized, parallelize
+from toolkit.engine.profiler import StepProfiler
 from toolkit.engine.strategy import build_strategy
 from toolkit.engine.step import MetricWindow, TrainStep
 from toolkit.files import write_text
@@ -107,6 +109,9 @@ class Trainer:
         model = self.task.build_model()
         self.n_params, self.n_trainable = count_parameters(model)
         self.ema = EMA(model, cfg.ema.decay, cfg.ema.warmup).to(self.device) if cfg.ema.enabled else None
+        # train.activation_checkpointing / train.compile, in place, after the EMA's plain copy (parallelize.py)
+        parallelize(model, self.task.blocks(model), cfg.train.compile, cfg.train.activation_checkpointing,
+                    self.task.name, cfg.train.compile_backend)
         optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
         # strategy hook (toolkit.engine.strategy): DDP through Accelerate, or DeepSpeed ZeRO behind adapters
@@ -138,6 +143,7 @@ class Trainer:
         self.window = MetricWindow(cfg.log.every, cfg.train.max_steps,
                                    cfg.data.batch_size * cfg.train.grad_accum * self.world_size)
         self.logger = RunLogger(self.run_dir, self.is_main, cfg.train.max_steps, cfg.log.progress)
+        self.profiler = StepProfiler(cfg.profile, self.run_dir, self.rank, self.device)  # profile: (profiler.py)
         self.sync_every = max(1, min(SYNC_EVERY, cfg.log.every))
         self.step = 0
         self.resumed = None       # toolkit.engine.checkpoint.Resumed, set by resume()
@@ -159,7 +165,14 @@ class Trainer:
         return self.resumed.path if self.resumed is not None else None
 
     def _exports(self) -> dict[str, torch.nn.Module]:
-        return self.task.exports(self.export_model)
+        """The task's exports from the chosen weights; a compiled or checkpointed model's weights are
+        copied into a freshly built plain model first (TorchScript cannot script a compiled forward)."""
+        model = self.export_model
+        if is_parallelized(model):
+            plain = self.task.build_model()
+            plain.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            model = plain.to(next(model.parameters()).device).train(model.training)
+        return self.task.exports(model)
 
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> dict:
@@ -181,6 +194,7 @@ class Trainer:
                 return finished
             status, stop, t_start = "finished", 0, time.time()
             self.model.train()
+            self.profiler.start()
             with contextlib.closing(iter(self._train_stream())) as stream:  # closing stops the loader's workers
                 while self.step < cfg.train.max_steps:
                     t0 = time.perf_counter()
@@ -201,6 +215,7 @@ class Trainer:
                     if self.checkpointer.due(self.step, final=bool(stop) or self.step == cfg.train.max_steps):
                         stop = self.train_step.sync(self.step)  # (a no-op if this step was a sync point)
                         self.save_checkpoint()
+                    self.profiler.step()
                     if stop:
                         status = "stopped"
                         self.logger.print(f"stop requested: checkpointed at step {self.step} and stopping")
@@ -232,6 +247,7 @@ class Trainer:
                 self.logger.close()
             raise
         finally:
+            self.profiler.close()
             release_run_lock(self.lock)
             self.lock = None
 

@@ -98,6 +98,14 @@ class Task:
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The model's repeated building blocks (submodules of ``model``, e.g. transformer or residual
+        blocks), for ``train.compile=blocks`` (each compiled on its own, regional compilation) and
+        ``train.activation_checkpointing=blocks`` (each block's activations recomputed in backward).
+        Each must be called as ``block(...)`` (not ``block.forward(...)``) by its parent and return
+        tensors. Default: none (the ``blocks`` modes then raise ConfigError)."""
+        return []
+
     # --- data ---------------------------------------------------------------------------------
     def decode_train(self, sample: dict, rng: np.random.Generator) -> dict:
         """Raw WebDataset sample -> training example (augmentations draw from ``rng``).

@@ -162,6 +162,18 @@ class BEVTask(Task):
                 raise ValueError(f"task.encoder_weights '{c.encoder_weights}' has none of the {c.encoder} trunk's keys")
         return net
 
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The image trunk's stages, the feature merge, the BEV compressor and the decoder's stages and
+        upsamplers, less those holding BatchNorm (a checkpointed block's recomputation would update
+        the running statistics twice)."""
+        enc, dec = model.encoder, model.decoder
+        trunk = getattr(enc, "trunk", None)
+        stages = list(trunk.children()) if trunk is not None else []
+        candidates = [*stages, getattr(enc, "merge", None), model.compressor, dec.layer1, dec.layer2, dec.layer3,
+                      dec.up3, dec.up2, dec.up1]
+        return [b for b in candidates if b is not None and not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in b.modules())]
+
     # --- data ---------------------------------------------------------------------------------
     @staticmethod
     def _keep(sample: dict) -> dict:

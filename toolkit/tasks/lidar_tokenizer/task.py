@@ -117,6 +117,11 @@ class LidarTokenizerTask(Task):
         # channels-last convolutions are ~10% faster on CPU (oneDNN) and on tensor-core GPUs
         return RangeTokenizer(c.autoencoder_config(), codec).to(memory_format=torch.channels_last)
 
+    def blocks(self, model: RangeTokenizer) -> list[nn.Module]:
+        """The autoencoder's ResBlocks, down/upsamplers and mid blocks (encoder and decoder)."""
+        ae = model.autoencoder
+        return [*ae.encoder.blocks, ae.encoder.mid, ae.decoder.mid, *ae.decoder.blocks]
+
     # --- data -----------------------------------------------------------------------------------
     def _range(self, sample: dict) -> np.ndarray:
         if "range.npy" not in sample:

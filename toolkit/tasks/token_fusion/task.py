@@ -305,6 +305,10 @@ class TokenFusionTask(Task):
         self._scorer: TokenFusionNet | None = None  # the module of the latest evaluate_batch (re-ranking)
 
     # --- model --------------------------------------------------------------------------------
+    def blocks(self, model: TokenFusionNet) -> list[nn.Module]:
+        """The image, LiDAR and cross-modal transformer blocks."""
+        return [*model.image.blocks, *model.lidar.blocks, *model.fusion.blocks]
+
     def build_model(self) -> TokenFusionNet:
         c, p = self.cfg, self.cfg.pillars
         image = ImageEncoder((c.sample.image_height, c.sample.image_width), c.image_patch, c.dim, c.image_depth,
