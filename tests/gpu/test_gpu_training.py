@@ -1,0 +1,170 @@
+"""Training on one CUDA GPU: device selection, bf16 and fp16 (GradScaler) against fp32, no host
+synchronisation inside a step (``torch.cuda.set_sync_debug_mode("error")``), exact resume, torch.compile.
+
+Skipped without CUDA (gpu_support.SKIP_REASON). Each test trains the tiny tokenizer preset of
+tests/conftest.py on synthetic range-map shards for a few steps: seconds on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import REPO  # noqa: F401  (tests/ on sys.path)
+from gpu_support import CONFIG, CUDA_ONLY, DEVICE, GPU, config_accepts, cuda_overrides, final_weights, logged, range_shards, fresh_accelerate_state  # noqa: F401
+from toolkit.config import load_config
+from toolkit.engine.step import TrainStep
+from toolkit.engine.trainer import Trainer
+
+pytestmark = GPU
+
+#: largest relative difference from the fp32 loss at any logged step of a 20-step run (bf16 keeps 8
+#: mantissa bits, fp16 11; the loss is a mean over ~16k pixels, so rounding averages out; a wrong cast or
+#: an unscaled fp16 gradient shows as a loss off by far more than this, or as a loss that does not fall)
+TOLERANCE = {"bf16": 0.05, "fp16": 0.02}
+STEPS = 20
+
+
+def _fit(shards, run, **extra) -> dict:
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    values = {"train.max_steps": STEPS, "log.every": 2, "checkpoint.every": 0, "eval.every": 0, "log.image_every": 0,
+              "data.val": "", "checkpoint.export_jit": False, **extra}
+    return Trainer(load_config(CONFIG, cuda_overrides(shards, run, **values))).fit()
+
+
+@pytest.fixture(scope="module")
+def fp32_run(range_shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("fp32") / "run"
+    assert _fit(range_shards, run, **{"train.precision": "fp32"})["status"] == "finished"
+    return run
+
+
+def test_auto_device_selects_cuda_and_the_model_trains_there(range_shards, tmp_path):
+    from toolkit.engine.device import check_precision, select_device
+
+    assert select_device("auto") == DEVICE
+    if DEVICE == "cuda":
+        assert check_precision("cuda", "fp16") == "fp16" and check_precision("cuda", "bf16") == "bf16"
+    trainer = Trainer(load_config(CONFIG, cuda_overrides(range_shards, tmp_path / "run", **{
+        "train.device": "auto", "train.max_steps": 2, "eval.every": 0, "log.image_every": 0})))
+    assert trainer.device.type == DEVICE
+    assert all(p.device.type == DEVICE for p in trainer.model.parameters())
+    assert trainer.fit()["status"] == "finished"
+
+
+@pytest.mark.parametrize("precision", ["bf16", pytest.param("fp16", marks=CUDA_ONLY)])
+def test_mixed_precision_loss_curve_follows_fp32(range_shards, fp32_run, tmp_path, precision):
+    run = tmp_path / precision
+    assert _fit(range_shards, run, **{"train.precision": precision})["status"] == "finished"
+    ref, got = logged(fp32_run), logged(run)
+    assert sorted(got) == sorted(ref) == list(range(2, STEPS + 1, 2))
+    worst = max(abs(got[s] - ref[s]) / abs(ref[s]) for s in ref)
+    assert worst <= TOLERANCE[precision], f"{precision} loss off fp32 by {worst:.3%} (tolerance {TOLERANCE[precision]:.0%})"
+    assert got[STEPS] < got[2], "the loss did not fall"
+    if precision == "fp16":  # dynamic loss scaling ran: its scale is logged, finite and positive
+        scales = logged(run, "train/loss_scale")
+        assert scales and all(math.isfinite(v) and v > 0 for v in scales.values())
+
+
+class _StrictStep(TrainStep):
+    """A TrainStep during whose calls any CUDA synchronisation raises (``sync`` itself may synchronise)."""
+
+    calls = 0
+
+    def __call__(self, *args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            _StrictStep.calls += 1
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sync_debug_mode_error_over_20_steps_no_host_sync_in_a_step(range_shards, tmp_path, precision):
+    """20 optimizer steps with ``set_sync_debug_mode("error")`` around every step: a ``.item()``, a
+    blocking copy or a ``cudaStreamSynchronize`` in the step would raise. (fp16 is the documented
+    exception: the GradScaler reads its ``found_inf`` on the host every step.)"""
+    values = {"train.max_steps": STEPS, "train.precision": precision, "log.every": 10_000, "checkpoint.every": 0,
+              "checkpoint.export_jit": False, "eval.every": 0, "log.image_every": 0, "data.val": ""}
+    trainer = Trainer(load_config(CONFIG, cuda_overrides(range_shards, tmp_path / "run", **values)))
+    assert trainer.train_step.device_skip, "the non-finite guard is not on the device (fused AdamW expected)"
+    trainer.train_step.__class__ = _StrictStep
+    _StrictStep.calls = 0
+    summary = trainer.fit()
+    assert summary["status"] == "finished" and summary["step"] == STEPS
+    assert _StrictStep.calls == STEPS
+
+
+def test_resume_on_cuda_ends_like_a_straight_run(range_shards, tmp_path):
+    """6 steps straight (twice) vs 3 steps then a resumed run to 6: the resumed weights differ from the
+    straight run's by no more than two straight runs differ from each other (0 when CUDA's kernels are
+    deterministic: then bit for bit)."""
+    def fit(run, steps):
+        values = {"train.max_steps": steps, "checkpoint.every": 3, "eval.every": 0, "log.image_every": 0,
+                  "checkpoint.export_jit": False}
+        return Trainer(load_config(CONFIG, cuda_overrides(range_shards, run, **values))).fit()
+
+    fit(tmp_path / "a", 6)
+    fit(tmp_path / "b", 6)
+    fit(tmp_path / "resumed", 3)
+    summary = fit(tmp_path / "resumed", 6)
+    assert summary["status"] == "finished" and summary["step"] == 6
+    a, b, r = (final_weights(tmp_path / n, 6) for n in ("a", "b", "resumed"))
+
+    def gap(x, y):
+        return max((x[k].double() - y[k].double()).abs().max().item() for k in x if x[k].is_floating_point())
+
+    noise, resumed = gap(a, b), gap(a, r)
+    assert resumed <= max(4 * noise, 0.0), f"resumed run off by {resumed:.3g}, straight runs by {noise:.3g}"
+
+
+@CUDA_ONLY
+def test_torch_compile_on_cuda_matches_eager(range_shards):
+    """Inductor-compiled forward and backward of the tiny tokenizer equal eager within float32 rounding
+    (relative L2 1e-3 of the output and of every gradient; TF32 convolutions on both sides)."""
+    from toolkit.gpu_bench import collate
+    from toolkit.tasks import build_task
+
+    cfg = load_config(CONFIG, cuda_overrides(range_shards, REPO / "runs" / "unused"))
+    task = build_task(cfg.task)
+    torch.manual_seed(0)
+    model = task.build_model().to(DEVICE)
+    import numpy as np
+
+    from toolkit.gpu_bench import range_sample
+
+    rng = np.random.default_rng(1)
+    batch = collate([task.decode_train(range_sample(rng, f"k{i}", cols=256), rng) for i in range(4)], 4,
+                    torch.device(DEVICE))
+
+    def loss_and_grads(m):
+        model.zero_grad(set_to_none=True)
+        loss = task.losses(m, batch).total()
+        loss.backward()
+        return loss.detach(), [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+    eager_loss, eager_grads = loss_and_grads(model)
+    compiled_loss, compiled_grads = loss_and_grads(torch.compile(model))
+    assert torch.isfinite(compiled_loss)
+    assert abs(compiled_loss - eager_loss) <= 1e-3 * abs(eager_loss)
+    assert len(compiled_grads) == len(eager_grads)
+    for g_c, g_e in zip(compiled_grads, eager_grads):
+        assert (g_c - g_e).norm() <= 1e-3 * g_e.norm() + 1e-12
+
+
+def test_engine_train_compile_model_on_cuda(range_shards, tmp_path):
+    """``train.compile=model`` (when the engine has it) trains on CUDA and logs finite losses."""
+    if DEVICE != "cuda":
+        pytest.skip("inductor on CPU needs a C++ toolchain and minutes: CUDA only")
+    problem = config_accepts(["train.compile=model"])
+    if problem:
+        pytest.skip(f"train.compile=model is not accepted by the config: {problem}")
+    run = tmp_path / "run"
+    assert _fit(range_shards, run, **{"train.compile": "model", "train.max_steps": 6, "train.precision": "bf16"})["status"] == "finished"
+    assert all(math.isfinite(v) for v in logged(run).values())
