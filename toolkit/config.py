@@ -215,6 +215,20 @@ class EvalConfig:
 
 
 @dataclass
+class DistConfig:
+    """Multi-process faults (:mod:`toolkit.engine.watchdog`): a rank that stops making progress (a frozen
+    or killed process, a lost node, a rank stuck in a collective) makes every rank exit naming it."""
+
+    #: seconds without a finished optimizer step on a rank before every rank exits (code 3) with an error
+    #: naming that rank and its last step; the process group's init and collective timeout is 1.25 x this
+    #: + 5 s, so the watchdog speaks first; must exceed the slowest step, validation or checkpoint
+    #: (0 = no watchdog, torch's default timeouts)
+    timeout_s: float = 600.0
+    #: seconds between two heartbeats of a rank's watchdog (0 = timeout_s / 10, between 0.2 and 5 s)
+    heartbeat_s: float = 0.0
+
+
+@dataclass
 class ProfileConfig:
     """``torch.profiler`` over training steps, traces under ``RUN/profile/`` (:mod:`toolkit.engine.profiler`)."""
 
@@ -267,6 +281,8 @@ class Config:
     #: validation
     eval: EvalConfig = field(default_factory=EvalConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    #: distributed faults: the per-step watchdog and the process group's timeout (toolkit.engine.watchdog)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 CHOICES = {
@@ -281,7 +297,8 @@ POSITIVE = ("train.max_steps", "train.grad_accum", "data.batch_size", "checkpoin
             "train.max_bad_steps", "optim.lr", "optim.eps", "profile.active", "profile.repeat")
 NON_NEGATIVE = ("data.num_workers", "data.shuffle_buffer", "optim.warmup_steps", "checkpoint.every",
                 "eval.every", "eval.max_batches", "log.image_every", "train.grad_clip", "data.val_batch_size",
-                "optim.weight_decay", "profile.skip_first", "profile.wait", "profile.warmup")
+                "optim.weight_decay", "dist.timeout_s", "dist.heartbeat_s", "profile.skip_first", "profile.wait",
+                "profile.warmup")
 #: key -> (low, high, high included): closed or half-open intervals
 INTERVALS = {"optim.min_lr_ratio": (0.0, 1.0, True), "ema.decay": (0.0, 1.0, False)}
 

@@ -120,7 +120,7 @@ class RunLogger:
             self.writer.add_text(tag, text, step)
 
     def line(self, step: int, values: dict[str, float]) -> None:
-        """One concise console line: step, loss, lr, throughput, ETA."""
+        """One concise console line: step, loss, lr, throughput, the slowest rank (several ranks), ETA."""
         parts = [f"step {step}/{self.total}"]
         for key, label, fmt in (("train/loss", "loss", ".4g"), ("train/lr", "lr", ".3g"),
                                 ("train/grad_norm", "gnorm", ".3g"), ("perf/samples_per_s", "samples/s", ".1f"),
@@ -128,6 +128,8 @@ class RunLogger:
                                 ("train/skipped_steps", "skipped steps", ".0f")):
             if key in values and (key != "train/skipped_steps" or values[key] > 0):
                 parts.append(f"{label} {values[key]:{fmt}}")
+        if "perf/slowest_rank" in values:  # several ranks: the slowest one's own step time over the median's
+            parts.append(f"slowest rank {values['perf/slowest_rank']:.0f} x{values['perf/straggler_ratio']:.2f}")
         parts.append(f"eta {_fmt_duration(self.eta(step))}")
         self.print(" | ".join(parts))
 

@@ -31,6 +31,7 @@ not take ``found_inf`` (non-fused).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -92,6 +93,11 @@ class TrainStep:
         self.bad_in_a_row = 0
         self.stop = 0           # the stop code agreed by every rank, as of the last sync point
         self.last_batch: dict | None = None  # the latest micro-batch (on the device), for pictures without a val set
+        #: seconds this rank spent on its own work (reading batches, then forward + loss from the plain
+        #: model's forward start, after DDP's buffer broadcast: no waiting for other ranks) since the
+        #: trainer last reset it; read at log steps (toolkit.engine.stragglers)
+        self.own_seconds = 0.0
+        self.forward_start: float | None = None  # set by stragglers.time_forward's hook, if installed
         self.pending: list[tuple[int, torch.Tensor]] = []  # (step, agreed flags [bad, stop]) not read yet
         inner = getattr(optimizer, "optimizer", optimizer)  # under an accelerate.AcceleratedOptimizer
         #: skip non-finite steps on the device (no host read per step): a fused optimizer without a GradScaler
@@ -108,10 +114,13 @@ class TrainStep:
         losses: dict[str, torch.Tensor] = {}
         logs: dict[str, torch.Tensor] = {}
         for micro in range(n):
+            t_own = time.perf_counter()
             batch = self.last_batch = move_batch(next(batches), acc.device)
+            t_data, self.forward_start = time.perf_counter(), None
             with acc.no_sync(self.model) if micro < n - 1 else contextlib.nullcontext():
                 out = self.task.losses(self.model, batch)
                 total = out.total()
+                self.own_seconds += t_data - t_own + time.perf_counter() - (self.forward_start or t_data)
                 acc.backward(total / n)
             terms = {"loss": total, **out.losses}
             for key, value in terms.items():

@@ -41,12 +41,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
 
 from toolkit.config import Config, config_diff, run_dir, to_dict, to_yaml
 from toolkit.data.pipeline import check_shards, train_loader
 from toolkit.engine.checkpoint import Checkpointer
 from toolkit.engine.device import check_precision, check_world_size, peak_memory_mb, select_device
+from toolkit.engine.dist import init_restarted_group
 from toolkit.engine.ema import EMA
 from toolkit.engine.evaluator import Evaluator, Visualizer
 from toolkit.engine.lock import acquire_run_lock, release_run_lock
@@ -56,6 +57,8 @@ from toolkit.engine.parallelize import is_parallelized, parallelize
 from toolkit.engine.profiler import StepProfiler
 from toolkit.engine.strategy import build_strategy
 from toolkit.engine.step import MetricWindow, TrainStep
+from toolkit.engine.stragglers import gather_with_own_time, time_forward
+from toolkit.engine.watchdog import Watchdog, process_group_timeout
 from toolkit.files import write_text
 from toolkit.tasks import build_task
 
@@ -89,7 +92,11 @@ class Trainer:
         mixed = check_precision(device, cfg.train.precision)
         check_world_size(device, int(os.environ.get("WORLD_SIZE", "1")))
         ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)
-        self.accelerator = acc = Accelerator(cpu=device == "cpu", mixed_precision=mixed, kwargs_handlers=[ddp])
+        init_restarted_group(device, process_group_timeout(cfg.dist.timeout_s))  # torchrun --max-restarts (dist.py)
+        handlers = [ddp]
+        if process_group_timeout(cfg.dist.timeout_s) is not None:  # init and collectives (toolkit.engine.watchdog)
+            handlers.append(InitProcessGroupKwargs(timeout=process_group_timeout(cfg.dist.timeout_s)))
+        self.accelerator = acc = Accelerator(cpu=device == "cpu", mixed_precision=mixed, kwargs_handlers=handlers)
         self.device = acc.device
         self.rank, self.world_size, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         self.lock = acquire_run_lock(self.run_dir) if self.is_main else None
@@ -143,6 +150,11 @@ class Trainer:
         self.window = MetricWindow(cfg.log.every, cfg.train.max_steps,
                                    cfg.data.batch_size * cfg.train.grad_accum * self.world_size)
         self.logger = RunLogger(self.run_dir, self.is_main, cfg.train.max_steps, cfg.log.progress)
+        if self.world_size > 1:
+            time_forward(model_part, self.train_step)  # straggler visibility (stragglers.py)
+        # every rank exits, naming the culprit, when one makes no progress for dist.timeout_s (watchdog.py)
+        self.watchdog = Watchdog(cfg.dist.timeout_s, self.rank, self.world_size, cfg.dist.heartbeat_s,
+                                 on_exit=self.logger.flush)
         self.profiler = StepProfiler(cfg.profile, self.run_dir, self.rank, self.device)  # profile: (profiler.py)
         self.sync_every = max(1, min(SYNC_EVERY, cfg.log.every))
         self.step = 0
@@ -195,7 +207,8 @@ class Trainer:
             status, stop, t_start = "finished", 0, time.time()
             self.model.train()
             self.profiler.start()
-            with contextlib.closing(iter(self._train_stream())) as stream:  # closing stops the loader's workers
+            with self.watchdog.watching(self.step), contextlib.closing(iter(self._train_stream())) as stream:
+                # (closing stops the loader's workers)
                 while self.step < cfg.train.max_steps:
                     t0 = time.perf_counter()
                     stats = self.train_step(stream, self.step + 1)
@@ -216,6 +229,7 @@ class Trainer:
                         stop = self.train_step.sync(self.step)  # (a no-op if this step was a sync point)
                         self.save_checkpoint()
                     self.profiler.step()
+                    self.watchdog.beat(self.step)
                     if stop:
                         status = "stopped"
                         self.logger.print(f"stop requested: checkpointed at step {self.step} and stopping")
@@ -318,8 +332,12 @@ class Trainer:
         return self.batches
 
     def _log_training(self) -> None:
-        reduce = (lambda t: self.accelerator.reduce(t.to(self.device), reduction="mean")) if self.world_size > 1 else None
+        own_time = self.train_step.own_seconds / max(1, self.window.steps)
+        self.train_step.own_seconds, spread = 0.0, {}
+        # the log step's one collective: the window's means, averaged over ranks, and each rank's own step time
+        reduce = gather_with_own_time(self.accelerator, own_time, spread) if self.world_size > 1 else None
         values = self.window.read(reduce, self.train_step.skipped_steps)
+        values.update(spread)  # straggler visibility (toolkit.engine.stragglers)
         values.update({"train/lr": self.scheduler.get_last_lr()[0], "perf/peak_mem_mb": peak_memory_mb(self.device),
                        "data/skipped_samples": float(self.batches.skipped)})
         if self.ema is not None:
