@@ -14,7 +14,7 @@ DEMO_SHARDS  := data/shards/synthetic-nuscenes
 DEMO_RUN     := runs/lidar_tokenizer
 REAL_DATAROOT ?= ../shared/data/nuscenes-real-1sample
 
-.PHONY: setup demo data train evaluate test bench cilp cilp-data bev bev-data clean
+.PHONY: setup demo data train evaluate test bench gpu cilp cilp-data bev bev-data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,13 @@ test: setup
 
 bench: setup data
 	$(PY) -m toolkit.bench all --config $(DEMO_CONFIG)
+
+# GPU readiness (docs/gpu.md): the GPU suite (tests/gpu) and a short bench on one GPU in <= 8 min, JSON + Markdown
+# in GPU_OUT; scripts/gpu-check finds a Python with CUDA PyTorch (or GPU_CHECK_SETUP=1: make setup TORCH_SPEC=...).
+GPU_OUT ?= runs/gpu-check
+
+gpu:
+	scripts/gpu-check --out $(GPU_OUT)
 
 # Seed 003 study on synthetic cubes and spheres (RGBA + LiDAR range images in the CILP folder layout):
 # fusion variants, strided-conv ablation, LiDAR classifier, CILP, projector, RGB->LiDAR; then the table.

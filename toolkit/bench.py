@@ -33,6 +33,9 @@
   DeepSpeed ZeRO stages 1, 2 and 3 (:func:`bench_strategies`; same config, model, batch and steps; the
   first ``--warmup`` steps not measured; evaluation, pictures and exports off). Ratio = ZeRO / DDP.
 
+* ``gpu``: the one-shot device check (:mod:`toolkit.gpu_check`; ``python -m toolkit.bench gpu --out DIR``,
+  or scripts/gpu-check): the GPU suite and step/loader figures on one GPU in 8 minutes (docs/gpu.md).
+
 ``--json`` prints the figures as one JSON object.
 """
 
@@ -529,6 +532,12 @@ def bench_strategies(config: str, overrides: list[str], nproc: int = 2, steps: i
 
 def main(argv: list[str] | None = None) -> int:
     from toolkit.cli import Parser, int_at_least
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu"]:  # the one-shot device check: its own options (python -m toolkit.bench gpu --help)
+        from toolkit.gpu_check import main as gpu_main
+
+        return gpu_main(argv[1:])
 
     p = Parser(prog="python -m toolkit.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("which", nargs="?", choices=["loader", "engine", "all", "cameras", "index", "strategies"], default="all",

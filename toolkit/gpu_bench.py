@@ -342,6 +342,8 @@ def bench_recipe(recipe: Recipe, device: str, tiny: bool, out: Path | None = Non
             entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             optimizer.zero_grad(set_to_none=True)
             _reset_peak(dev)
+        if mode.endswith("+compile"):
+            torch._dynamo.reset()  # drop the compiled graphs (and their memory) before the next measurement
         result["modes"][mode] = entry
         _save(out, result)
     modes = result["modes"]

@@ -59,13 +59,13 @@ class Part:
 
 PARTS = (
     Part("env", 20, 30, "torch, CUDA, device name, memory, bf16 peak TFLOP/s"),
-    Part("suite", 130, 60, "pytest tests/gpu: every test's outcome, the sync-debug result"),
-    Part("bench_lidar_tokenizer", 95, 60, "configs/lidar_tokenizer_gpu.yaml: batch search, fp32 / bf16 / "
+    Part("suite", 150, 60, "pytest tests/gpu: every test's outcome, the sync-debug result"),
+    Part("bench_lidar_tokenizer", 90, 60, "configs/lidar_tokenizer_gpu.yaml: batch search, fp32 / bf16 / "
          "bf16+compile step time, samples/s, peak memory, MFU"),
-    Part("bench_simple_bev", 140, 60, "configs/bev/simple_bev_gpu.yaml (448x800, ResNet-101): the same, "
+    Part("bench_simple_bev", 130, 60, "configs/bev/simple_bev_gpu.yaml (448x800, ResNet-101): the same, "
          "plus the step at the recipe's per-GPU batch 5"),
     Part("loader_lidar_tokenizer", 20, 30, "training loader samples/s on synthetic range-map shards"),
-    Part("loader_simple_bev", 40, 30, "training loader samples/s on synthetic 6 x 1600x900 JPEG shards"),
+    Part("loader_simple_bev", 35, 30, "training loader samples/s on synthetic 6 x 1600x900 JPEG shards"),
 )
 #: default whole-run budget (s): 8 minutes
 BUDGET_S = 480
@@ -177,20 +177,47 @@ def _versions(names: list[str]) -> dict:
     return out
 
 
+#: the suite's files in the order run: the single-process tests (sync debug first) before the torchrun ones
+SUITE_FILES = ("tests/gpu/test_gpu_training.py", "tests/gpu/test_gpu_models.py", "tests/gpu/test_gpu_strategies.py")
+
+
+def _suite_summary(tests: list[dict]) -> dict:
+    counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "skipped")}
+    sync = [t["outcome"] for t in tests if "sync_debug" in t["name"]]
+    sync_debug = "failed" if "failed" in sync else "passed" if "passed" in sync else "skipped" if sync else None
+    return {**counts, "tests": tests, "sync_debug": sync_debug}
+
+
 def _run_suite(out_json: Path) -> None:
-    """``pytest tests/gpu`` in a grandchild (junit XML), summarised into ``out_json`` (rewritten when done)."""
+    """``pytest -v`` of :data:`SUITE_FILES` in a grandchild; every outcome is written to ``out_json`` as its
+    line streams by (so a suite killed at its budget keeps what had finished), then replaced by the junit
+    XML's (with messages and durations) when pytest ends."""
     import importlib.util
+    import re
     import xml.etree.ElementTree as ET
 
     from toolkit.files import write_text
 
     junit = out_json.with_suffix(".xml")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu", f"--junitxml={junit}"]
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "console_output_style=classic",
+           *SUITE_FILES, f"--junitxml={junit}"]
     if importlib.util.find_spec("pytest_timeout"):
         cmd.append("--timeout=100")
-    subprocess.run(cmd, cwd=REPO, check=False)
-    tests = []
+    line_re = re.compile(r"^tests/gpu/(\S+?)\.py::(\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
+    outcome_of = {"PASSED": "passed", "XPASS": "passed", "FAILED": "failed", "ERROR": "failed", "SKIPPED": "skipped",
+                  "XFAIL": "skipped"}
+    tests: list[dict] = []
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        m = line_re.match(line)
+        if m:
+            tests.append({"name": f"{m.group(1)}::{m.group(2)}", "outcome": outcome_of[m.group(3)], "message": None})
+            write_text(out_json, json.dumps(_suite_summary(tests), indent=1))
+    proc.wait()
     if junit.exists():
+        tests = []
         for case in ET.parse(junit).getroot().iter("testcase"):
             outcome, message = "passed", None
             for tag in ("failure", "error", "skipped"):
@@ -200,9 +227,7 @@ def _run_suite(out_json: Path) -> None:
                     message = (el.get("message") or el.text or "")[:400]
             tests.append({"name": f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}", "outcome": outcome,
                           "message": message, "seconds": round(float(case.get("time", 0) or 0), 2)})
-    counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "skipped")}
-    sync = [t["outcome"] for t in tests if "sync" in t["name"]]
-    write_text(out_json, json.dumps({**counts, "tests": tests, "sync_debug": sync[0] if sync else None}, indent=1))
+    write_text(out_json, json.dumps(_suite_summary(tests), indent=1))
 
 
 # --- the orchestrator ------------------------------------------------------------------------------------
@@ -404,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--tiny", action="store_true")
         p.add_argument("--loader-workers", type=int, default=16)
         a = p.parse_args(argv)
+        stall = float(os.environ.get("TOOLKIT_GPU_CHECK_STALL_S", "0") or 0)
+        if stall > 0:  # test hook: a part that overruns its budget (tests/test_gpu_check.py)
+            time.sleep(stall)
         run_part(a.name, Path(a.part_json), a.device, a.tiny, a.loader_workers)
         return 0
     p.add_argument("--out", default="runs/gpu-check", help="output folder (default runs/gpu-check)")

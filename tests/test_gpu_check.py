@@ -1,0 +1,96 @@
+"""The GPU readiness pieces on a machine without a GPU (CI): the GPU suite's skips, the one-shot check's
+``--dry-run`` plan and budgets, its tiny CPU run end to end (the JSON valid against its schema, the
+figures consistent with each other), a part over its time budget killed with the rest still written, and
+the refusal to run the full check without CUDA."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from toolkit import gpu_check
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="about machines without CUDA")
+
+
+def test_dry_run_prints_every_part_with_its_budget_and_runs_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    res = run_cli([str(REPO / "scripts" / "gpu-check"), "--dry-run", "--out", str(out)], timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "whole budget 480 s (8.0 min" in res.stdout
+    for part in gpu_check.PARTS:
+        assert re.search(rf"^  {part.name}\s+{part.budget_s} s  ", res.stdout, re.M), part.name
+        assert f"toolkit.gpu_check part {part.name} --device cuda" in res.stdout
+    assert sum(p.budget_s for p in gpu_check.PARTS) + gpu_check.RESERVE_S <= gpu_check.BUDGET_S == 480
+    assert not out.exists()
+    from toolkit.bench import main as bench_main
+
+    assert bench_main(["gpu", "--dry-run", "--out", str(out), "--skip", "suite"]) == 0
+    plan = capsys.readouterr().out
+    assert "bench_simple_bev" in plan and "suite" not in plan.split("\n", 1)[1] and not out.exists()
+
+
+@NO_CUDA
+def test_gpu_suite_skips_every_test_without_cuda_naming_why():
+    res = run_cli(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--strict-markers", "-m", "gpu", "tests/gpu"],
+                  timeout=300, env={"TOOLKIT_GPU_SUITE_DEVICE": "cuda"})
+    assert res.returncode == 0, res.stdout[-2000:]
+    assert re.search(r"^12 skipped", res.stdout.splitlines()[-1]), res.stdout[-500:]
+    assert res.stdout.count("no CUDA device (torch.cuda.is_available() is False)") >= 3  # one -rs line per test file
+
+
+def test_tiny_cpu_check_writes_schema_valid_consistent_figures(tmp_path):
+    rc = gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--in-process", "--skip", "suite",
+                         "--loader-workers", "0"])
+    data = json.loads((tmp_path / "gpu_check.json").read_text())
+    jsonschema.validate(data, gpu_check.SCHEMA)
+    assert rc == 0, data["parts"]
+    assert [p for p, v in data["parts"].items() if v["status"] != "ok"] == []
+    assert data["mode"] == "tiny" and data["env"]["cuda_available"] is False
+    for name in gpu_check.RECIPE_NAMES:
+        bench = data["bench"][name]
+        assert [r["batch"] for r in bench["search"]] == [1, 2] and bench["batch"] == 2 and bench["search_stop"] == "batch cap 2"
+        assert bench["flops_per_step"] > 0
+        modes = bench["modes"]
+        assert set(modes) == {"fp32", "bf16", "bf16+compile"} and all(m["status"] == "ok" for m in modes.values())
+        for m in modes.values():
+            assert m["samples_per_s"] == pytest.approx(m["batch"] / m["step_s"], rel=0.01)
+        assert bench["bf16_vs_fp32"] == pytest.approx(modes["fp32"]["step_s"] / modes["bf16"]["step_s"], rel=0.01)
+        assert bench["compile_vs_bf16"] == pytest.approx(modes["bf16"]["step_s"] / modes["bf16+compile"]["step_s"], rel=0.01)
+        loader = data["loader"][name]
+        assert loader["samples_per_s"] > 0
+        assert loader["step_demand_samples_per_s"] == max(m["samples_per_s"] for m in modes.values())
+        assert loader["loader_vs_demand"] == pytest.approx(loader["samples_per_s"] / loader["step_demand_samples_per_s"], rel=0.01)
+    est = data["estimate"]
+    step = max(data["bench"]["simple_bev"]["recipe_batch_step_s"], est["loader_step_s"])
+    assert est["hours"] == pytest.approx(25_000 * step / 3600, rel=0.01) and est["gpus"] == 8
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| bf16 / fp32 speed-up |" in md and "**Estimate**" in md and "| bench_simple_bev | ok |" in md
+    broken = {**data, "suite": {"passed": 1}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, gpu_check.SCHEMA)
+
+
+def test_a_part_over_its_budget_is_killed_and_the_report_still_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "PARTS", (gpu_check.Part("env", 2, 2, "env"),))
+    monkeypatch.setenv("TOOLKIT_GPU_CHECK_STALL_S", "120")
+    rc = gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--budget-s", "60"])
+    data = json.loads((tmp_path / "gpu_check.json").read_text())
+    jsonschema.validate(data, gpu_check.SCHEMA)
+    assert rc == 1
+    assert data["parts"]["env"]["status"] == "timeout" and "budget of 2 s" in data["parts"]["env"]["error"]
+    assert data["parts"]["env"]["wall_s"] < 30 and data["env"] is None
+    assert "| env | timeout |" in (tmp_path / "gpu_check.md").read_text()
+
+
+@NO_CUDA
+def test_full_check_without_cuda_exits_2_naming_the_cpu_alternative(tmp_path, capsys):
+    assert gpu_check.main(["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no CUDA device" in err and "--device cpu --tiny" in err
+    assert not (tmp_path / "gpu_check.json").exists()
