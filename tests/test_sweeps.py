@@ -158,3 +158,15 @@ def test_every_sweep_run_logs_its_overrides_and_final_metrics_as_hparams(local_s
         assert tags == {k for k in final if k.startswith(("val/", "val_ema/"))} and "val/loss" in tags
         logged = {e.step: e.value for e in acc.Scalars("val/loss")}
         assert logged[2] == pytest.approx(final["val/loss"])
+
+
+def test_report_of_a_sweep_without_metric_is_the_runs_table(local_sweep, capsys):
+    from toolkit.report import main
+
+    _, sweep_dir, _ = local_sweep
+    out = sweep_dir / "table.md"
+    assert main(["--sweep", str(sweep_dir / "manifest.json"), "--out", str(out)]) == 0
+    table = out.read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| lidar_tokenizer")]
+    assert [r.split(" | ")[0] for r in rows] == ["| lidar_tokenizer [channels-4]", "| lidar_tokenizer [channels-8]"]
+    assert "Not finished: broken_s0 (failed)" in table and table.strip() in capsys.readouterr().out

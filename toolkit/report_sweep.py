@@ -218,9 +218,15 @@ def runs_table(manifest: dict, out: str | None) -> int:
             skipped.append(f"{entry['name']} ({entry.get('status', 'not finished')})")
             continue
         row = run_row(run_dir)
+        row["point"] = entry["point"]
         if len(seeds) > 1:
             row["experiment"] += f", seed {entry['seed']}"
         rows.append(row)
+    titles = [r["experiment"] for r in rows]
+    for r in rows:  # points the task titles alike (other options than the title names): add the point's name
+        if titles.count(r["experiment"]) > 1:
+            r["experiment"] = r["experiment"].replace(", seed", f" [{r['point']}], seed", 1) \
+                if ", seed" in r["experiment"] else f"{r['experiment']} [{r['point']}]"
     if not rows:
         raise ValueError(f"sweep {manifest.get('sweep')}: no finished run to report")
     table = markdown(rows) + (f"\n\nNot finished: {', '.join(skipped)}" if skipped else "")
