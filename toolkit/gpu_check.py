@@ -58,11 +58,11 @@ class Part:
 
 
 PARTS = (
-    Part("env", 20, 30, "torch, CUDA, device name, memory, bf16 peak TFLOP/s"),
-    Part("suite", 150, 60, "pytest tests/gpu: every test's outcome, the sync-debug result"),
-    Part("bench_lidar_tokenizer", 90, 60, "configs/lidar_tokenizer_gpu.yaml: batch search, fp32 / bf16 / "
+    Part("env", 15, 30, "torch, CUDA, device name, memory, bf16 peak TFLOP/s"),
+    Part("suite", 170, 60, "pytest tests/gpu: every test's outcome, the sync-debug result"),
+    Part("bench_lidar_tokenizer", 80, 60, "configs/lidar_tokenizer_gpu.yaml: batch search, fp32 / bf16 / "
          "bf16+compile step time, samples/s, peak memory, MFU"),
-    Part("bench_simple_bev", 130, 60, "configs/bev/simple_bev_gpu.yaml (448x800, ResNet-101): the same, "
+    Part("bench_simple_bev", 125, 60, "configs/bev/simple_bev_gpu.yaml (448x800, ResNet-101): the same, "
          "plus the step at the recipe's per-GPU batch 5"),
     Part("loader_lidar_tokenizer", 20, 30, "training loader samples/s on synthetic range-map shards"),
     Part("loader_simple_bev", 35, 30, "training loader samples/s on synthetic 6 x 1600x900 JPEG shards"),
@@ -177,8 +177,9 @@ def _versions(names: list[str]) -> dict:
     return out
 
 
-#: the suite's files in the order run: the single-process tests (sync debug first) before the torchrun ones
-SUITE_FILES = ("tests/gpu/test_gpu_training.py", "tests/gpu/test_gpu_models.py", "tests/gpu/test_gpu_strategies.py")
+#: the suite's files in the order run: sync debug and precision first, the torchrun ones next, compiling last
+SUITE_FILES = ("tests/gpu/test_gpu_training.py", "tests/gpu/test_gpu_models.py", "tests/gpu/test_gpu_strategies.py",
+               "tests/gpu/test_gpu_compile.py")
 
 
 def _suite_summary(tests: list[dict]) -> dict:

@@ -1,5 +1,6 @@
 """Training on one CUDA GPU: device selection, bf16 and fp16 (GradScaler) against fp32, no host
-synchronisation inside a step (``torch.cuda.set_sync_debug_mode("error")``), exact resume, torch.compile.
+synchronisation inside a step (``torch.cuda.set_sync_debug_mode("error")``), exact resume
+(torch.compile: test_gpu_compile.py).
 
 Skipped without CUDA (gpu_support.SKIP_REASON). Each test trains the tiny tokenizer preset of
 tests/conftest.py on synthetic range-map shards for a few steps: seconds on a GPU.
@@ -12,8 +13,7 @@ import math
 import pytest
 import torch
 
-from conftest import REPO  # noqa: F401  (tests/ on sys.path)
-from gpu_support import CONFIG, CUDA_ONLY, DEVICE, GPU, config_accepts, cuda_overrides, final_weights, logged, range_shards, fresh_accelerate_state  # noqa: F401
+from gpu_support import CONFIG, CUDA_ONLY, DEVICE, GPU, cuda_overrides, final_weights, logged, range_shards, fresh_accelerate_state  # noqa: F401
 from toolkit.config import load_config
 from toolkit.engine.step import TrainStep
 from toolkit.engine.trainer import Trainer
@@ -128,49 +128,3 @@ def test_resume_on_cuda_ends_like_a_straight_run(range_shards, tmp_path):
 
     noise, off = gap(a, b), gap(a, r)
     assert off <= 4 * noise, f"resumed run off by {off:.3g}, two straight runs by {noise:.3g}"
-
-
-@CUDA_ONLY
-def test_torch_compile_on_cuda_matches_eager(range_shards):
-    """Inductor-compiled forward and backward of the tiny tokenizer equal eager within float32 rounding
-    (relative L2 1e-3 of the output and of every gradient; TF32 convolutions on both sides)."""
-    from toolkit.gpu_bench import collate
-    from toolkit.tasks import build_task
-
-    cfg = load_config(CONFIG, cuda_overrides(range_shards, REPO / "runs" / "unused"))
-    task = build_task(cfg.task)
-    torch.manual_seed(0)
-    model = task.build_model().to(DEVICE)
-    import numpy as np
-
-    from toolkit.gpu_bench import range_sample
-
-    rng = np.random.default_rng(1)
-    batch = collate([task.decode_train(range_sample(rng, f"k{i}", cols=256), rng) for i in range(4)], 4,
-                    torch.device(DEVICE))
-
-    def loss_and_grads(m):
-        model.zero_grad(set_to_none=True)
-        loss = task.losses(m, batch).total()
-        loss.backward()
-        return loss.detach(), [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
-
-    eager_loss, eager_grads = loss_and_grads(model)
-    compiled_loss, compiled_grads = loss_and_grads(torch.compile(model))
-    assert torch.isfinite(compiled_loss)
-    assert abs(compiled_loss - eager_loss) <= 1e-3 * abs(eager_loss)
-    assert len(compiled_grads) == len(eager_grads)
-    for g_c, g_e in zip(compiled_grads, eager_grads):
-        assert (g_c - g_e).norm() <= 1e-3 * g_e.norm() + 1e-12
-
-
-def test_engine_train_compile_model_on_cuda(range_shards, tmp_path):
-    """``train.compile=model`` (when the engine has it) trains on CUDA and logs finite losses."""
-    if DEVICE != "cuda":
-        pytest.skip("inductor on CPU needs a C++ toolchain and minutes: CUDA only")
-    problem = config_accepts(["train.compile=model"])
-    if problem:
-        pytest.skip(f"train.compile=model is not accepted by the config: {problem}")
-    run = tmp_path / "run"
-    assert _fit(range_shards, run, **{"train.compile": "model", "train.max_steps": 6, "train.precision": "bf16"})["status"] == "finished"
-    assert all(math.isfinite(v) for v in logged(run).values())
