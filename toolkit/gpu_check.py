@@ -58,8 +58,8 @@ class Part:
 
 
 PARTS = (
-    Part("env", 15, 30, "torch, CUDA, device name, memory, bf16 peak TFLOP/s"),
-    Part("suite", 170, 60, "pytest tests/gpu: every test's outcome, the sync-debug result"),
+    Part("env", 20, 30, "torch, CUDA, device name, memory, bf16 peak TFLOP/s"),
+    Part("suite", 165, 60, "pytest tests/gpu: every test's outcome, the sync-debug result"),
     Part("bench_lidar_tokenizer", 80, 60, "configs/lidar_tokenizer_gpu.yaml: batch search, fp32 / bf16 / "
          "bf16+compile step time, samples/s, peak memory, MFU"),
     Part("bench_simple_bev", 125, 60, "configs/bev/simple_bev_gpu.yaml (448x800, ResNet-101): the same, "
