@@ -223,7 +223,7 @@ class DistConfig:
     #: naming that rank and its last step; the process group's init and collective timeout is 1.25 x this
     #: + 5 s, so the watchdog speaks first; must exceed the slowest step, validation or checkpoint
     #: (0 = no watchdog, torch's default timeouts)
-    timeout_s: float = 600.0
+    timeout_s: float = 1800.0
     #: seconds between two heartbeats of a rank's watchdog (0 = timeout_s / 10, between 0.2 and 5 s)
     heartbeat_s: float = 0.0
 

@@ -6,14 +6,16 @@ collective's own timeout (gloo/NCCL: 30 min by default) or forever. This is the 
 (``TORCH_NCCL_ASYNC_ERROR_HANDLING``) and of torchtitan's ``comm.train_timeout_seconds``; this watchdog
 also works on gloo and names the culprit.
 
-How: every rank runs a daemon thread (:class:`Watchdog`). The training loop calls :meth:`Watchdog.beat`
+How: every rank runs two daemon threads (:class:`Watchdog`). The training loop calls :meth:`Watchdog.beat`
 after each optimizer step (a host assignment: no collective, no device read). Every ``heartbeat_s`` the
-thread publishes ``"{step} {tick}"`` to the job's c10d TCPStore (the one torchrun's agent, or rank 0 when
+store thread publishes ``"{step} {tick}"`` to the job's c10d TCPStore (the one torchrun's agent, or rank 0 when
 launched without torchrun, already runs at ``MASTER_ADDR:MASTER_PORT``), through a client connection of
 its own with a short timeout. ``step`` moves only when the training loop moves; ``tick`` moves as long as
 the process (and its thread) runs and reaches the store. Rank 0 watches every rank's heartbeat, the other
 ranks watch rank 0's; each rank watches its own step. Ages are measured on the watching process's
 monotonic clock (when a value was last seen to change), so clocks of different nodes do not matter.
+The judging thread never touches the store (a call to an unreachable store blocks): it reads what the
+store thread saw, and the time of the store's last answer.
 
 A watched rank whose step has not moved for ``timeout_s`` triggers the exit. The message names, in order
 of preference: a rank whose heartbeat stopped too (frozen, dead, or its node unreachable), else the rank
@@ -111,8 +113,11 @@ class Watchdog:
         self._store = None
         self._store_ok_t = time.monotonic()
         self._store_error = ""
+        self._abort: str | None = None  # another rank's message, read from the store
+        self._lock = threading.Lock()    # _seen: written by the store thread, read by the judging one
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._io: threading.Thread | None = None
         self.message: str | None = None  #: set when the watchdog fired
 
     @property
@@ -139,14 +144,18 @@ class Watchdog:
         self.beat(step)
         now = time.monotonic()
         self._store_ok_t = now
+        if self.world > 1:  # the store's calls may block (a lost node): never in the judging thread
+            self._io = threading.Thread(target=self._io_run, name="toolkit-watchdog-store", daemon=True)
+            self._io.start()
         self._thread = threading.Thread(target=self._run, name="toolkit-watchdog", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=max(5.0, 3 * self.interval))
-            self._thread = None
+        for thread in (self._thread, self._io):
+            if thread is not None:
+                thread.join(timeout=max(5.0, 3 * self.interval))
+        self._thread = self._io = None
 
     # ------------------------------------------------------------------------------- the thread
     def _run(self) -> None:
@@ -164,45 +173,54 @@ class Watchdog:
                 return
 
     def check(self, now: float) -> tuple[str, bool] | None:
-        """One heartbeat: publish, read the abort key and the watched ranks. Returns ``(message, detected
-        here)`` when every rank must exit, else None."""
-        self._tick += 1
-        if self.world > 1:
-            reply = self._exchange(now)
-            if reply is not None:
-                return reply
-        return self._judge(now)
+        """One judgement (never blocks): another rank's abort, an unreachable store, a rank without
+        progress. Returns ``(message, detected here)`` when every rank must exit, else None."""
+        if self._abort is not None:
+            return self._abort, False
+        age = now - self._store_ok_t
+        if self.world > 1 and age > self.timeout:
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            return (f"the rendezvous store at {where} has not answered for {age:.0f} s > dist.timeout_s="
+                    f"{self.timeout:g}: the node of rank 0 lost, or the network partitioned "
+                    f"({self._store_error or 'no reply'}); rank {self.rank} is at step {self.step}", True)
+        with self._lock:
+            return self._judge(now)
 
-    def _exchange(self, now: float) -> tuple[str, bool] | None:
+    def _io_run(self) -> None:
+        """The store thread: one exchange per heartbeat (each may block up to the client's timeout)."""
+        while not self._stop.is_set():
+            self._exchange()
+            self._stop.wait(self.interval)
+
+    def _exchange(self) -> None:
         """Publish this rank's heartbeat, read the abort key and the watched ranks' heartbeats."""
+        self._tick += 1
         try:
             if self._store is None:
                 self._store = self._factory()
                 if self._store is None:  # no store to talk to: own progress only
                     self.world = 1
-                    return None
+                    return
             store = self._store
             store.set(self.prefix + f"hb/{self.rank}", f"{self.step} {self._tick}")
             abort = self.prefix + "abort"
             if store.check([abort]):
-                return store.get(abort).decode(), False
+                self._abort = store.get(abort).decode()
+                return
             watched = range(self.world) if self.rank == 0 else [0]
+            values = {}
             for r in watched:
-                if r == self.rank:
-                    continue
-                key = self.prefix + f"hb/{r}"
-                value = store.get(key).decode() if store.check([key]) else None
-                self._see(r, value, now)
+                if r != self.rank:
+                    key = self.prefix + f"hb/{r}"
+                    values[r] = store.get(key).decode() if store.check([key]) else None
+            now = time.monotonic()
+            with self._lock:
+                for r, value in values.items():
+                    self._see(r, value, now)
             self._store_ok_t, self._store_error = now, ""
-        except Exception as exc:  # noqa: BLE001 - unreachable store: reconnect next time, judge by age
-            self._store, self._store_error = None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            age = now - self._store_ok_t
-            if age > self.timeout:
-                where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
-                return (f"the rendezvous store at {where} has not answered for {age:.0f} s > dist.timeout_s="
-                        f"{self.timeout:g} (the node of rank 0 lost, or the network partitioned; "
-                        f"{self._store_error}); this rank's last step: {self.step}", True)
-        return None
+        except Exception as exc:  # noqa: BLE001 - unreachable store: reconnect next time; check() judges the age
+            self._store = None
+            self._store_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
     def _see(self, rank: int, value: str | None, now: float) -> None:
         step, tick = (int(x) for x in value.split()) if value else (None, None)
@@ -243,9 +261,15 @@ class Watchdog:
     def fire(self, message: str, detected_here: bool = True) -> None:
         """Tell the other ranks (if detected here), print the error, flush the logs, exit with :data:`EXIT_HUNG`."""
         self.message = message
-        if detected_here and self._store is not None:
-            with contextlib.suppress(Exception):
-                self._store.set(self.prefix + "abort", f"{message} (detected by rank {self.rank})")
+        store = self._store
+        if detected_here and store is not None:  # in a thread of its own: the store may not answer
+            def tell():
+                with contextlib.suppress(Exception):
+                    store.set(self.prefix + "abort", f"{message} (detected by rank {self.rank})")
+
+            teller = threading.Thread(target=tell, daemon=True)
+            teller.start()
+            teller.join(timeout=max(2.0, 2 * self.interval))
         print(f"error: rank {self.rank}: watchdog: {message}", file=sys.stderr, flush=True)
         if self.on_exit is not None:
             with contextlib.suppress(Exception):
