@@ -29,7 +29,8 @@ Running the same sweep again skips the runs whose ``summary.json`` says finished
 from the run folder), so nothing is run twice and nothing is lost. Locally (:func:`run_local`) at most
 ``--parallel`` runs train at once, each a ``python -m toolkit.train`` subprocess with ``OMP_NUM_THREADS``
 set to this process's thread budget (``OMP_NUM_THREADS`` or the CPU count) divided by ``--parallel``; a run
-that fails is recorded as failed and the others go on. On SLURM (:func:`submit_slurm`) the unfinished runs
+that fails is recorded as failed and the others go on. Runs start seed by seed (every point of seed 0 first),
+so the pairs a comparison needs finish together. On SLURM (:func:`submit_slurm`) the unfinished runs
 are one job array (submitit's ``executor.batch()``), at most ``--parallel`` tasks at a time
 (``--array=...%N``), each task a :class:`launch.job.TrainJob` that checkpoints and requeues on signals.
 """
@@ -326,6 +327,13 @@ def dry_run_text(sweep: Sweep) -> str:
     return "\n".join(lines)
 
 
+def seed_major(runs: list[SweepRun]) -> list[SweepRun]:
+    """The runs in the order they are started: every point of the first seed, then of the next, so the runs
+    that a paired comparison needs finish together and a partly done sweep can already be reported."""
+    order = {seed: i for i, seed in enumerate(dict.fromkeys(r.seed for r in runs))}
+    return sorted(runs, key=lambda r: order[r.seed])
+
+
 def thread_budget() -> int:
     """Threads this sweep may use: ``OMP_NUM_THREADS`` if set, else the CPUs this process may run on."""
     try:
@@ -354,6 +362,7 @@ def run_local(sweep: Sweep, parallel: int = 1, python: str = sys.executable, pol
         else:
             r.extra = {"resumed": state == "partial"}
             todo.append(r)
+    todo = seed_major(todo)
     write_manifest(sweep, {"cluster": "local", "parallel": parallel, "threads_per_run": threads})
     running: dict[str, tuple[SweepRun, subprocess.Popen, float]] = {}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
@@ -433,6 +442,7 @@ def submit_slurm(sweep: Sweep, res, parallel: int) -> list:
             r.status, r.extra = "finished", {"skipped": True}
         else:
             todo.append(r)
+    todo = seed_major(todo)
     jobs = []
     if todo:
         executor = make_executor("slurm", sweep.dir / "submitit", res, sweep.name)

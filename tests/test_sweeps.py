@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO, run_cli, run_finished, tiny_overrides
-from launch.sweep import load_sweep, point_name, read_manifest
+from launch.sweep import load_sweep, point_name, read_manifest, seed_major
 
 CONFIG = str(REPO / "configs" / "lidar_tokenizer.yaml")
 
@@ -38,6 +38,8 @@ def test_grid_and_points_times_seeds_expand_to_named_runs(tmp_path):
         assert r.max_steps == 7
     # names are stable: the same file gives the same runs; clashing short keys keep the whole key
     assert [r.name for r in load_sweep(path).runs] == [r.name for r in sweep.runs]
+    # runs start seed by seed, so the pairs of a comparison finish together
+    assert [r.name for r in seed_major(sweep.runs)][:6] == [f"{p}_s3" for p, _ in points]
     assert point_name({"task.a.size": 1, "task.b.size": 2}) == "task.a.size-1_task.b.size-2"
     assert point_name({"data.train": "data/x-{000..002}.tar"}) == "train-data-x-000..002-.tar"
 
