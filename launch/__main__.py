@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", help="run config YAML (or --sweep)")
     p.add_argument("--sweep", help="sweep file YAML: a grid/list of overrides x seeds, one run each (launch/sweep.py)")
-    p.add_argument("--parallel", type=int_at_least(1),
+    p.add_argument("--parallel", "--array-parallelism", dest="parallel", type=int_at_least(1),
                    help="--sweep: runs at once (local: OMP_NUM_THREADS is split between them; slurm: array parallelism)")
     p.add_argument("--cluster", choices=["slurm", "local", "debug"],
                    help="slurm: sbatch via submitit; local: subprocesses on this machine; debug: in this process "
