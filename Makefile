@@ -49,8 +49,13 @@ evaluate:
 
 demo: setup train evaluate
 
+# the full suite (what CI runs, ~15 min on 2 cores) and the edit loop without the multi-process, SLURM and
+# fault-injection tests (marked slow / faults in tests/; pyproject.toml lists the markers)
 test: setup
 	$(PY) -m pytest -q tests
+
+test-fast: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not faults" tests
 
 bench: setup data
 	$(PY) -m toolkit.bench all --config $(DEMO_CONFIG)
@@ -120,6 +125,56 @@ bev: setup bev-data
 		$(PY) -m toolkit.evaluate --task bev --run runs/bev_tiny_cam --dataroot $(REAL_DATAROOT) \
 			--json runs/bev_tiny_cam/eval_nuscenes_real.json; \
 	else echo "(real nuScenes sample not found at $(REAL_DATAROOT): skipped)"; fi
+
+# Token fusion (seed 000): six-camera + LiDAR synthetic streets -> multi-sensor shards (half the scenes held
+# out) -> configs/fusion_tokens/tiny.yaml -> held-out recall@k over 3 point draws. Smaller: e.g.
+# `make fusion-tokens FUSION_SCENES=16 FUSION_ARGS="train.max_steps=100"` (other paths: FUSION_ROOT, ...).
+FUSION_ROOT    ?= data/fusion-synthetic
+FUSION_SHARDS  ?= data/shards/fusion-synthetic
+FUSION_RUN     ?= runs/token_fusion_tiny
+FUSION_SCENES  ?= 64
+FUSION_SAMPLES ?= 10
+FUSION_ARGS    ?=
+
+$(FUSION_ROOT)/SYNTHETIC.json: | $(VENV)/.installed
+	$(PY) -m shards synthetic-nuscenes --out $(FUSION_ROOT) --scenes $(FUSION_SCENES) --samples $(FUSION_SAMPLES) \
+		--seed 0 --image-size 224x126 --workers 2 --overwrite
+
+$(FUSION_SHARDS)/info.json: $(FUSION_ROOT)/SYNTHETIC.json
+	$(PY) -m shards nuscenes --dataroot $(FUSION_ROOT) --version v1.0-mini --out $(FUSION_SHARDS) \
+		--val-fraction 0.5 --seed 0
+
+fusion-data: $(FUSION_SHARDS)/info.json
+
+fusion-tokens: setup fusion-data
+	OMP_NUM_THREADS=1 $(TRAIN) -c configs/fusion_tokens/tiny.yaml run.dir=$(FUSION_RUN) \
+		'data.train=$(FUSION_SHARDS)/train-*.tar' 'data.val=$(FUSION_SHARDS)/val-*.tar' $(FUSION_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m toolkit.evaluate --task token_fusion --run $(FUSION_RUN) \
+		--shards '$(FUSION_SHARDS)/val-*.tar' --draws 3 --json $(FUSION_RUN)/eval_val.json
+
+# Embedding search (seed 002) with the image encoder of `make fusion-tokens`: embed the held-out keyframes'
+# six cameras -> exact Faiss index -> the 5 nearest images of the first CAM_FRONT (contact sheet) -> UMAP
+# coloured by scene; then the same for the real nuScenes keyframe when it is there.
+EMBED_OUT ?= outputs/embed-demo
+
+embed-demo: setup
+	@test -d $(FUSION_RUN)/checkpoints || { echo "no run at $(FUSION_RUN): run make fusion-tokens first"; exit 2; }
+	$(PY) -m toolkit.embed --encoder $(FUSION_RUN) --shards '$(FUSION_SHARDS)/val-*.tar' --out $(EMBED_OUT)/embeddings \
+		--no-progress
+	$(PY) -m toolkit.index --embeddings $(EMBED_OUT)/embeddings --out $(EMBED_OUT)/index.faiss
+	$(PY) -m toolkit.search --index $(EMBED_OUT)/index.faiss -k 5 --sheet $(EMBED_OUT)/search_cam_front.png \
+		--json $(EMBED_OUT)/search.json --token "$$($(PY) -c "import glob, pyarrow.parquet as pq; \
+		rows = [r for f in sorted(glob.glob('$(EMBED_OUT)/embeddings/meta-*.parquet')) for r in pq.read_table(f).to_pylist()]; \
+		print(next(r['sample_token'] for r in rows if r['camera'] == 'CAM_FRONT'))")"
+	$(PY) -m toolkit.umap --embeddings $(EMBED_OUT)/embeddings --color scene --out $(EMBED_OUT)/umap
+	@if [ -d "$(REAL_DATAROOT)/v1.0-mini" ]; then \
+		$(PY) -m toolkit.embed --encoder $(FUSION_RUN) --dataroot $(REAL_DATAROOT) --version v1.0-mini \
+			--out $(EMBED_OUT)/embeddings-real --no-progress && \
+		$(PY) -m toolkit.index --embeddings $(EMBED_OUT)/embeddings-real --out $(EMBED_OUT)/index-real.faiss && \
+		$(PY) -m toolkit.search --index $(EMBED_OUT)/index-real.faiss --token ca9a282c9e77460f8360f564131a8af5 \
+			--camera CAM_FRONT -k 5 --sheet $(EMBED_OUT)/search_real_cam_front.png; \
+	else echo "(real nuScenes sample not found at $(REAL_DATAROOT): skipped)"; fi
+	@echo "pictures: $(EMBED_OUT)/search_cam_front.png $(EMBED_OUT)/umap/umap.png"
 
 clean:
 	rm -rf runs outputs data
