@@ -98,3 +98,12 @@ def test_full_check_without_cuda_exits_2_naming_the_cpu_alternative(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no CUDA device" in err and "--device cpu --tiny" in err
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [(["--budget-s", "10"], "--budget-s"), (["--skip", "nosuch"], "--skip"),
+                                            (["--device", "tpu"], "--device"), (["--loader-workers", "-1"], "--loader-workers")])
+def test_bad_arguments_are_one_line_exit_2(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exc:
+        gpu_check.main([*argv, "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.count("\n") == 0 and expected in err, err
