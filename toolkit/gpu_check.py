@@ -153,7 +153,11 @@ def run_part(name: str, out_json: Path, device: str, tiny: bool, loader_workers:
                "total_memory_gib": round(props.total_memory / 2**30, 2) if props else None,
                "capability": f"{props.major}.{props.minor}" if props else None,
                "bf16_peak_tflops": peak_tflops(dev_name, "bf16"), "python": platform.python_version(),
-               "cpus": os.cpu_count(), "packages": _versions(["accelerate", "deepspeed", "webdataset", "numpy", "triton"])}
+               "cpus": os.cpu_count(), "packages": _versions(["accelerate", "deepspeed", "webdataset", "numpy", "triton"]),
+               # what "fp32" means in the bench: PyTorch's defaults, which the engine keeps (TF32 convolutions)
+               "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+               "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+               "cudnn_benchmark": torch.backends.cudnn.benchmark}
         write_text(out_json, json.dumps(env, indent=1))
     elif name == "suite":
         _run_suite(out_json)
@@ -271,7 +275,8 @@ def markdown(result: dict) -> str:
     lines = [f"# GPU check ({result['mode']}, {result['device']}): {env.get('device_name', '?')}", "",
              f"{result['created']} · torch {env.get('torch', '?')} (CUDA {env.get('cuda')}) · "
              f"{env.get('total_memory_gib')} GiB · bf16 peak {env.get('bf16_peak_tflops')} TFLOP/s · "
-             f"wall {result['wall_s']:.0f} s of {result['budget_s']:.0f} s", ""]
+             f"wall {result['wall_s']:.0f} s of {result['budget_s']:.0f} s · fp32 = PyTorch's defaults (TF32 "
+             f"convolutions {env.get('cudnn_allow_tf32')}, TF32 matmuls {env.get('matmul_allow_tf32')})", ""]
     suite = result.get("suite")
     if suite:
         lines += [f"**Suite** (tests/gpu): {suite['passed']} passed, {suite['failed']} failed, {suite['skipped']} skipped; "
