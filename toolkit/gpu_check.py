@@ -370,7 +370,11 @@ def check(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
-    deadline = t_start + args.budget_s - RESERVE_S
+    # scripts/gpu-check sets GPU_CHECK_STARTED (epoch seconds) before choosing a Python and installing wheels:
+    # that setup time counts against the same budget
+    setup_s = time.time() - float(os.environ.get("GPU_CHECK_STARTED") or time.time())
+    setup_s = setup_s if 0 < setup_s < 600 else 0.0
+    deadline = t_start + args.budget_s - RESERVE_S - setup_s
     result = empty_result("tiny" if args.tiny else "full", args.device, args.budget_s)
     failed = False
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp, open(out / "gpu_check.log", "a") as log:
