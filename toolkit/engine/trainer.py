@@ -151,7 +151,8 @@ class Trainer:
                                    cfg.data.batch_size * cfg.train.grad_accum * self.world_size)
         self.logger = RunLogger(self.run_dir, self.is_main, cfg.train.max_steps, cfg.log.progress)
         if self.world_size > 1:
-            time_forward(model_part, self.train_step)  # straggler visibility (stragglers.py)
+            # straggler visibility (stragglers.py): the plain module that runs the forward (DeepSpeed: the engine's)
+            time_forward(self.unwrapped if self.strategy is None else self.strategy.engine.module, self.train_step)
         # every rank exits, naming the culprit, when one makes no progress for dist.timeout_s (watchdog.py)
         self.watchdog = Watchdog(cfg.dist.timeout_s, self.rank, self.world_size, cfg.dist.heartbeat_s,
                                  on_exit=self.logger.flush)
