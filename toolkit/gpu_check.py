@@ -205,7 +205,7 @@ def _run_suite(out_json: Path) -> None:
 
     junit = out_json.with_suffix(".xml")
     cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "console_output_style=classic",
-           *SUITE_FILES, f"--junitxml={junit}"]
+           "--strict-markers", "-m", "gpu", *SUITE_FILES, f"--junitxml={junit}"]
     if importlib.util.find_spec("pytest_timeout"):
         cmd.append("--timeout=100")
     line_re = re.compile(r"^tests/gpu/(\S+?)\.py::(\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
