@@ -90,7 +90,7 @@ _BENCH = {"type": ["object", "null"], "required": ["config", "params", "search",
                                    "additionalProperties": False},
                          "bf16_vs_fp32": _NUM, "compile_vs_bf16": _NUM, "recipe_batch": _INT,
                          "recipe_batch_step_s": _NUM}}
-_LOADER = {"type": ["object", "null"], "required": ["workers", "batch_size", "samples_per_s"],
+_LOADER = {"type": ["object", "null"], "required": ["workers", "batch_size"],  # samples_per_s: absent if killed first
            "properties": {"workers": {"type": "integer"}, "batch_size": {"type": "integer"}, "samples_per_s": _NUM,
                           "step_demand_samples_per_s": _NUM, "loader_vs_demand": _NUM, "shard_bytes_per_sample": _INT}}
 #: JSON Schema (draft 2020-12) of ``gpu_check.json``; tests/test_gpu_check.py validates a produced file
