@@ -1,7 +1,7 @@
 """Bad input, everywhere (issue 14): every CLI answers an invalid value with one line on stderr naming the
 flag, key or file and what was expected, exit code 2, no traceback.
 
-:data:`CASES` is the table (also the README's "bad inputs tried per CLI", printed by
+:data:`CASES` is the table (also docs/reliability.md's "bad inputs tried per CLI", printed by
 ``python tests/test_bad_inputs.py --markdown``). Each case runs the CLI's real ``main(argv)`` in this
 process (one torch import for the whole table) on real files: the session's synthetic shards and trained
 run (tests/conftest.py), a truncated tar, a file that is not TorchScript, a dataroot without ``maps/``, a
@@ -225,7 +225,7 @@ def test_the_table_is_large_and_covers_every_cli():
 
 
 def markdown_table() -> str:
-    """Run every case once (on files built like the fixtures') and return the README table of the real messages,
+    """Run every case once (on files built like the fixtures') and return the docs/reliability.md table of the real messages,
     paths shortened to their placeholders."""
     import contextlib
     import io
