@@ -180,7 +180,7 @@ class Watchdog:
         age = now - self._store_ok_t
         if self.world > 1 and age > self.timeout:
             where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
-            return (f"the rendezvous store at {where} has not answered for {age:.0f} s > dist.timeout_s="
+            return (f"the rendezvous store at {where} has not answered for {age:.1f} s > dist.timeout_s="
                     f"{self.timeout:g}: the node of rank 0 lost, or the network partitioned "
                     f"({self._store_error or 'no reply'}); rank {self.rank} is at step {self.step}", True)
         with self._lock:
@@ -245,17 +245,18 @@ class Watchdog:
         # frozen, dead or unreachable first: its heartbeat thread stopped too
         silent = [(now - s.tick_t, r) for r, s in self._seen.items() if now - s.tick_t > 3 * self.interval + 1.0]
         if silent:
-            age, r = max(silent)
+            _, r = max(silent)
             seen = self._seen[r]
             step = "?" if seen.step is None else seen.step
-            age = now - seen.step_t
-            return (f"rank {r} made no progress since step {step} ({age:.0f} s > dist.timeout_s={self.timeout:g}) "
-                    f"and sent no heartbeat for {now - seen.tick_t:.0f} s: frozen, dead, or its node unreachable "
+            # the ranks move in lockstep: this rank's own stall, if longer, is the better measure of theirs
+            age = max(now - seen.step_t, own_age)
+            return (f"rank {r} made no progress since step {step} ({age:.1f} s > dist.timeout_s={self.timeout:g}) "
+                    f"and sent no heartbeat for {now - seen.tick_t:.1f} s: frozen, dead, or its node unreachable "
                     f"(rank {self.rank} is at step {self.step})", True)
         candidates = [(self.step, -own_age, self.rank)] + [
             (s.step if s.step is not None else -1, -(now - s.step_t), r) for r, s in self._seen.items()]
         step, neg_age, r = min(candidates)
-        return (f"rank {r} made no progress since step {step} ({-neg_age:.0f} s > dist.timeout_s={self.timeout:g}) "
+        return (f"rank {r} made no progress since step {step} ({-neg_age:.1f} s > dist.timeout_s={self.timeout:g}) "
                 f"but its process is alive: stuck in a step, a collective or the data", True)
 
     def fire(self, message: str, detected_here: bool = True) -> None:
