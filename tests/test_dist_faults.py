@@ -276,3 +276,31 @@ def test_a_lost_node_makes_both_sides_exit_in_bounded_time_naming_it(lidar_shard
     for seconds in exited:
         assert seconds is not None and seconds <= TIMEOUT_S + MARGIN_S, exited
     assert_every_checkpoint_loads(run)
+
+
+# ------------------------------------------------------------------------- the watchdog alone, the config
+def test_one_process_without_progress_is_stopped_naming_its_step():
+    """No store (one process): the watchdog judges this rank's own progress; beats keep it quiet."""
+    from toolkit.engine.watchdog import EXIT_HUNG, Watchdog
+
+    codes = []
+    dog = Watchdog(0.6, heartbeat_s=0.1, exit=codes.append)
+    with dog.watching(step=5):
+        for step in range(6, 12):  # 0.6 s of steps 0.1 s apart: no exit
+            time.sleep(0.1)
+            dog.beat(step)
+        assert codes == []
+        t0 = time.monotonic()
+        while not codes and time.monotonic() - t0 < 5:
+            time.sleep(0.05)
+    assert codes == [EXIT_HUNG]
+    assert 0.5 <= time.monotonic() - t0 <= 2.0
+    assert dog.message.startswith("rank 0 made no progress since step 11 (0.")
+
+
+@pytest.mark.parametrize("override", ["dist.timeout_s=-1", "dist.heartbeat_s=-0.5"])
+def test_negative_dist_settings_are_config_errors_naming_the_key(override):
+    from toolkit.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config(CONFIG, [override])
