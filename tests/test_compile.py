@@ -29,6 +29,7 @@ def _fit(shards, run, **extra):
     return Trainer(load_config(CONFIG, tiny_overrides(shards, run, **{**FAST, **extra}))).fit()
 
 
+@pytest.mark.slow  # > 15 s on 2 cores: left out of make test-fast
 def test_compiled_checkpointed_run_resumes_bit_identical_and_exports_load_without_toolkit(lidar_shards, tmp_path):
     """Regional compilation + activation checkpointing: 2 steps, then a new trainer resumes to 4; the
     weights equal an uninterrupted compiled run's bit for bit; the checkpoint has plain keys; the

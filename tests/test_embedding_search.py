@@ -151,6 +151,7 @@ class SlowEncoder(nn.Module):
         return self.proj(x.mean((2, 3))) + 0.0 * y.mean()
 
 
+@pytest.mark.slow  # > 15 s on 2 cores: left out of make test-fast
 def test_killed_export_resumes_to_the_uninterrupted_table(workdir, tmp_path):
     from toolkit.embedding.store import EmbeddingStore
 
@@ -211,6 +212,7 @@ def test_too_small_sets_for_ivfpq_are_one_line_errors(workdir, tmp_path):
     assert "warning: IVF-PQ: 24 training vectors < 39 x nlist = 78" in res.stderr
 
 
+@pytest.mark.slow  # > 15 s on 2 cores: left out of make test-fast
 def test_umap_writes_a_picture_and_one_coordinate_pair_per_row(workdir, tmp_path):
     from PIL import Image
 
@@ -229,6 +231,7 @@ def test_umap_writes_a_picture_and_one_coordinate_pair_per_row(workdir, tmp_path
     assert table.column_names == ["row", "x", "y", "camera"] and table.num_rows == 6 * N_SAMPLES
 
 
+@pytest.mark.slow  # > 15 s on 2 cores: left out of make test-fast
 def test_index_bench_measures_recall_against_exact_search():
     """``python -m toolkit.bench index`` at a small size: every row scored against Flat ground truth; the
     compressed IVF-PQ is smaller than Flat, the refine row (same IVF-PQ + exact vectors) at least as good;

@@ -35,6 +35,7 @@ def test_dry_run_prints_every_part_with_its_budget_and_runs_nothing(tmp_path, ca
     assert "bench_simple_bev" in plan and "suite" not in plan.split("\n", 1)[1] and not out.exists()
 
 
+@pytest.mark.slow  # > 15 s on 2 cores: left out of make test-fast
 def test_tiny_cpu_check_writes_schema_valid_consistent_figures(tmp_path):
     """The tiny CPU run in this process, its suite part included: without CUDA every GPU test (all marked
     ``gpu``: the suite runs ``-m gpu --strict-markers``) is skipped naming why. bench_lidar_tokenizer is left

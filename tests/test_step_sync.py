@@ -65,6 +65,7 @@ def _reads_of_a_run(lidar_shards, tmp_path, steps: int) -> int:
     return counts["n"]
 
 
+@pytest.mark.slow  # > 15 s on 2 cores: left out of make test-fast
 def test_training_loop_reads_the_host_only_at_sync_points(lidar_shards, tmp_path):
     """Two real runs of the tiny preset (log.every large, no checkpoint but the last, no evaluation)
     differ by 10 steps: the reads they differ by are one sync point's (one read), not 10+ (a loop that
