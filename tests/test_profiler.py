@@ -56,3 +56,18 @@ def test_flops_of_a_linear_layer_forward_and_backward_and_mfu():
     assert mfu(494.5e12, 1.0, 989.0) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         mfu(1.0, 0.0, 989.0)
+
+
+def test_bench_engine_figures_give_flops_mfu_and_the_checkpointing_memory_ratio(lidar_shards, tmp_path):
+    """The bench's per-step figures on the tiny tokenizer: FLOPs of forward + backward, MFU only with a
+    peak on a CPU, and a lower checkpointed peak of torch allocations."""
+    from toolkit.bench import engine_figures
+
+    cfg = load_config(CONFIG, tiny_overrides(lidar_shards, tmp_path / "unused"))
+    out = engine_figures(cfg, step_time_s=0.5, checkpointing="blocks", peak=1.0)
+    assert out["flops_per_step"] > 1e6
+    assert out["achieved_tflops"] == pytest.approx(out["flops_per_step"] / 0.5 / 1e12, abs=1e-6)  # printed rounded
+    assert out["mfu"] == pytest.approx(out["flops_per_step"] / 0.5 / 1e12, abs=1e-6)
+    assert out["checkpointed_blocks"] == 13
+    assert 0 < out["checkpointed_vs_plain_memory"] < 0.9
+    assert "mfu" not in engine_figures(cfg, step_time_s=0.5, checkpointing="false")
