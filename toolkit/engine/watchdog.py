@@ -181,8 +181,9 @@ class Watchdog:
         if self.world > 1 and age > self.timeout:
             where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
             return (f"the rendezvous store at {where} has not answered for {age:.1f} s > dist.timeout_s="
-                    f"{self.timeout:g}: the node of rank 0 lost, or the network partitioned "
-                    f"({self._store_error or 'no reply'}); rank {self.rank} is at step {self.step}", True)
+                    f"{self.timeout:g}: its node lost (torchrun's node 0, else rank 0's), rank 0 frozen if it "
+                    f"hosts it, or the network partitioned ({self._store_error or 'no reply'}); "
+                    f"rank {self.rank} is at step {self.step}", True)
         with self._lock:
             return self._judge(now)
 
