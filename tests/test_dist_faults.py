@@ -296,6 +296,9 @@ def test_one_process_without_progress_is_stopped_naming_its_step():
     assert codes == [EXIT_HUNG]
     assert 0.5 <= time.monotonic() - t0 <= 2.0
     assert dog.message.startswith("rank 0 made no progress since step 11 (0.")
+    with dog.watching(step=20):  # started again (a second fit() in the same process): it watches again
+        time.sleep(1.5)
+    assert codes == [EXIT_HUNG, EXIT_HUNG] and "since step 20" in dog.message
 
 
 @pytest.mark.parametrize("override", ["dist.timeout_s=-1", "dist.heartbeat_s=-0.5"])

@@ -142,8 +142,8 @@ class Watchdog:
         if not self.enabled or self._thread is not None:
             return
         self.beat(step)
-        now = time.monotonic()
-        self._store_ok_t = now
+        self._stop.clear()  # a second fit() in the same process watches again
+        self._abort, self._seen, self._store_ok_t = None, {}, time.monotonic()
         if self.world > 1:  # the store's calls may block (a lost node): never in the judging thread
             self._io = threading.Thread(target=self._io_run, name="toolkit-watchdog-store", daemon=True)
             self._io.start()
