@@ -9,6 +9,7 @@ namespace; no mocks. Each test reproduces one fault and asserts what the ranks d
   naming the frozen rank and its last step; every checkpoint left behind loads
 - a lost node (the second namespace's link set down): both sides exit within ``dist.timeout_s`` + a
   margin, each naming what it lost (skipped without root / network namespaces)
+- the watchdog alone (one process, no store), and negative ``dist.*`` settings as config errors
 """
 
 from __future__ import annotations
