@@ -179,7 +179,8 @@ class Trainer:
 
     def _exports(self) -> dict[str, torch.nn.Module]:
         """The task's exports from the chosen weights; a compiled or checkpointed model's weights are
-        copied into a freshly built plain model first (TorchScript cannot script a compiled forward)."""
+        copied into a freshly built plain model first (TorchScript cannot script a checkpointed block's forward,
+        and the exports stay free of compiled code)."""
         model = self.export_model
         if is_parallelized(model):
             plain = self.task.build_model()
