@@ -27,30 +27,8 @@ from conftest import REPO, run_cli, tiny_overrides
 
 pytest.importorskip("deepspeed")
 
-CONFIG = REPO / "configs" / "lidar_tokenizer.yaml"
-LAST = "iter_000000006"
-
-
-def _torchrun(shards, run, **extra):
-    values = {"train.max_steps": 6, "train.grad_accum": 2, "checkpoint.every": 3, "log.every": 2, **extra}
-    res = run_cli(["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "toolkit.train",
-                   "--config", str(CONFIG), *tiny_overrides(shards, run, **values)], timeout=900,
-                  env={"OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr[-4000:]
-    return res
-
-
-def _losses(run, key="train/loss") -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r[key] for r in rows if key in r}
-
-
-def _flat(state: dict) -> torch.Tensor:
-    return torch.cat([state[k].double().flatten() for k in sorted(state) if state[k].is_floating_point()])
-
-
-def _ckpt(run, name=LAST) -> dict:
-    return torch.load(run / "checkpoints" / f"{name}.pt", map_location="cpu", weights_only=True)
+from helpers.strategy_runs import CONFIG, LAST  # noqa: E402
+from helpers.strategy_runs import ckpt as _ckpt, flat as _flat, losses as _losses, torchrun as _torchrun  # noqa: E402
 
 
 ZERO3 = {"train.strategy": "deepspeed", "deepspeed.stage": 3, "deepspeed.param_persistence_threshold": 0}

@@ -78,7 +78,7 @@ class DataConfig:
 class TrainConfig:
     """The loop. ``precision``: fp32 | bf16 | fp16 (fp16 uses loss scaling; needs CUDA or MPS).
     ``device``: auto | cpu | cuda | mps. ``strategy``: ddp | deepspeed (ZeRO stage etc. in the
-    ``deepspeed`` section; :mod:`toolkit.engine.strategy`).
+    ``deepspeed`` section; :mod:`toolkit.engine.strategy`) | fsdp (FSDP2; :mod:`toolkit.engine.fsdp`).
 
     An optimizer step whose loss or gradient norm is not finite is skipped on every rank (counted as
     ``train/skipped_steps``); ``max_bad_steps`` skips in a row stop the run with an error."""
@@ -93,7 +93,8 @@ class TrainConfig:
     precision: str = "fp32"
     #: `auto` picks cuda, then mps, then cpu
     device: str = "auto"
-    #: `ddp` (torch DistributedDataParallel) or `deepspeed` (ZeRO; settings in the deepspeed section)
+    #: `ddp` (torch DistributedDataParallel), `deepspeed` (ZeRO; settings in the deepspeed section) or
+    #: `fsdp` (FSDP2 fully_shard per task block; sharded checkpoints with torch.distributed.checkpoint)
     strategy: str = "ddp"
     #: DDP's find_unused_parameters, for models whose forward skips parameters (ddp only)
     find_unused_parameters: bool = False
@@ -289,7 +290,7 @@ CHOICES = {
     "data.resume": ("exact", "reseed"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
-    "train.strategy": ("ddp", "deepspeed"),
+    "train.strategy": ("ddp", "deepspeed", "fsdp"),
     "deepspeed.stage": (1, 2, 3),
     "optim.schedule": ("cosine", "linear", "constant"),
 }
@@ -365,16 +366,17 @@ def _validate_strategy(cfg: Config, source: str) -> None:
         if value not in allowed:
             raise ConfigError(f"{source}: train.{key}={getattr(cfg.train, key)!r} is not one of {list(allowed)}")
         setattr(cfg.train, key, value)
-    if cfg.train.strategy == "deepspeed":
+    if cfg.train.strategy in ("deepspeed", "fsdp"):
+        name = cfg.train.strategy
         if cfg.train.compile != "false":
             raise ConfigError(f"{source}: train.compile={cfg.train.compile} is not supported with "
-                              "train.strategy=deepspeed; use train.compile=false or train.strategy=ddp")
+                              f"train.strategy={name}; use train.compile=false or train.strategy=ddp")
         if cfg.train.precision == "fp16":
-            raise ConfigError(f"{source}: train.precision=fp16 is not supported with train.strategy=deepspeed; "
+            raise ConfigError(f"{source}: train.precision=fp16 is not supported with train.strategy={name}; "
                               "use bf16 or fp32")
         if cfg.train.find_unused_parameters:
             raise ConfigError(f"{source}: train.find_unused_parameters is a DDP setting; it cannot be used with "
-                              "train.strategy=deepspeed")
+                              f"train.strategy={name}")
 
 
 def _format_omegaconf_error(exc: OmegaConfBaseException, source: str) -> str:

@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from toolkit.engine.step import NonFiniteError
-from toolkit.engine.strategy import sharded_dir_name, sharded_dirs
+from toolkit.engine.strategy import sharded_dir_names, sharded_dirs
 from toolkit.files import atomic_open, file_sha256, remove_stale_tmp
 
 CKPT_RE = re.compile(r"^iter_(\d{9})\.pt$")
@@ -203,8 +203,8 @@ class Checkpointer:
         """Exports of step ``step`` and (``train.strategy=deepspeed``) its sharded-state folder
         ``iter_N_zero/`` (:mod:`toolkit.engine.strategy`): what goes with ``iter_N.pt`` when it is pruned
         or quarantined."""
-        folder = self.dir / sharded_dir_name(step)
-        return self.export_files(step) + ([folder] if folder.is_dir() else [])
+        folders = [self.dir / name for name in sharded_dir_names(step)]
+        return self.export_files(step) + [f for f in folders if f.is_dir()]
 
     def list(self) -> list[tuple[int, Path]]:
         """Checkpoint files (``iter_N.pt``, usable or not) as (step, path), oldest first."""
@@ -410,10 +410,10 @@ class Checkpointer:
             if (m := EXPORT_RE.match(p.name)) and int(m.group(1)) not in steps:
                 p.unlink()
                 _warn(f"removed orphaned export {p.name} (its checkpoint is gone)")
-        for step, folder in list(sharded_dirs(self.dir)):  # DeepSpeed state without its .pt, or a stale .tmp
+        for step, folder in list(sharded_dirs(self.dir)):  # sharded state without its .pt, or a stale .tmp
             if step is None or step not in steps:
                 shutil.rmtree(folder, ignore_errors=True)
-                _warn(f"removed {folder.name}/ (DeepSpeed state of an interrupted or removed checkpoint)")
+                _warn(f"removed {folder.name}/ (sharded DeepSpeed/FSDP state of an interrupted or removed checkpoint)")
         if chosen is not None:
             self._check_exports(*chosen)
         return chosen, ""

@@ -56,11 +56,17 @@ from toolkit.config import ConfigError
 from toolkit.files import file_sha256
 
 SHARDED_SUFFIX = "_zero"  #: ``iter_{N:09d}_zero/``: DeepSpeed's sharded state of step N
+SHARDED_SUFFIXES = (SHARDED_SUFFIX, "_fsdp")  #: every strategy's sharded-state suffix (fsdp: toolkit.engine.fsdp)
 
 
 def sharded_dir_name(step: int) -> str:
     """``iter_{step:09d}_zero``: the folder (beside ``iter_N.pt``) holding DeepSpeed's per-rank state."""
     return f"iter_{step:09d}{SHARDED_SUFFIX}"
+
+
+def sharded_dir_names(step: int) -> list[str]:
+    """Every strategy's sharded-state folder name of step ``step`` (``iter_N_zero``, ``iter_N_fsdp``)."""
+    return [f"iter_{step:09d}{suffix}" for suffix in SHARDED_SUFFIXES]
 
 
 def deepspeed_config(cfg, world_size: int) -> dict:
@@ -256,8 +262,8 @@ class ShardedState:
     def load_state_dict(self, state: dict) -> None:
         s = self.strategy
         if state.get("strategy") != "deepspeed":
-            raise ValueError("its optimizer state was written by train.strategy=ddp; this run uses "
-                             "train.strategy=deepspeed (resume with the strategy that wrote it)")
+            raise ValueError(f"its optimizer state was written by train.strategy={state.get('strategy', 'ddp')}; "
+                             "this run uses train.strategy=deepspeed (resume with the strategy that wrote it)")
         if int(state["zero_stage"]) != s.stage or int(state["world_size"]) != s.world_size:
             raise ValueError(f"its DeepSpeed state is ZeRO-{state['zero_stage']} over {state['world_size']} ranks; "
                              f"this run is ZeRO-{s.stage} over {s.world_size} ranks")
@@ -365,15 +371,20 @@ class DeepSpeedStrategy:
 
 
 def build_strategy(cfg, accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
-                   directory: Path) -> DeepSpeedStrategy | None:
-    """None for ``train.strategy=ddp`` (the trainer prepares with Accelerate), else a
-    :class:`DeepSpeedStrategy`.
+                   directory: Path, blocks: list[nn.Module] | None = None):
+    """None for ``train.strategy=ddp`` (the trainer prepares with Accelerate), a
+    :class:`DeepSpeedStrategy` for ``deepspeed``, or a :class:`toolkit.engine.fsdp.FSDPStrategy` for
+    ``fsdp`` (``blocks``: the task's declared blocks, each sharded on its own).
 
     Raises:
         ConfigError: ``deepspeed`` not installed, or a bad ``deepspeed.config`` file.
     """
     if cfg.train.strategy == "ddp":
         return None
+    if cfg.train.strategy == "fsdp":
+        from toolkit.engine.fsdp import FSDPStrategy
+
+        return FSDPStrategy(cfg, accelerator, model, optimizer, directory, list(blocks or []))
     try:
         import deepspeed  # noqa: F401
     except ImportError as exc:
@@ -383,15 +394,16 @@ def build_strategy(cfg, accelerator, model: nn.Module, optimizer: torch.optim.Op
 
 
 def sharded_dirs(directory: Path) -> Iterator[tuple[int | None, Path]]:
-    """``(step, path)`` of every ``iter_N_zero/`` folder in ``directory``; ``(None, path)`` for a left-over
-    ``iter_N_zero.tmp/`` of an interrupted save."""
+    """``(step, path)`` of every ``iter_N_zero/`` (DeepSpeed) and ``iter_N_fsdp/`` (FSDP2) folder in
+    ``directory``; ``(None, path)`` for a left-over ``.tmp/`` of an interrupted save."""
     if not Path(directory).is_dir():
         return
-    for p in sorted(Path(directory).glob(f"iter_*{SHARDED_SUFFIX}*")):
-        if not p.is_dir():
-            continue
-        stem = p.name[len("iter_"):]
-        if p.name.endswith(SHARDED_SUFFIX) and stem[:9].isdigit():
-            yield int(stem[:9]), p
-        elif p.name.endswith(SHARDED_SUFFIX + ".tmp"):
-            yield None, p
+    for suffix in SHARDED_SUFFIXES:
+        for p in sorted(Path(directory).glob(f"iter_*{suffix}*")):
+            if not p.is_dir():
+                continue
+            stem = p.name[len("iter_"):]
+            if p.name.endswith(suffix) and stem[:9].isdigit():
+                yield int(stem[:9]), p
+            elif p.name.endswith(suffix + ".tmp"):
+                yield None, p

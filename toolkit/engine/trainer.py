@@ -18,7 +18,8 @@ Starting again with the same run folder resumes from the newest usable checkpoin
 optimizer, scheduler, loss scaler, step, every rank's RNG state and the saved data stream position
 (``data.resume=exact``); optimizer and schedule settings that the config changed since (``optim.*``,
 ``train.max_steps``) are applied over the restored ones, and said so. ``train.strategy=deepspeed``
-swaps Accelerate's DDP for DeepSpeed ZeRO behind adapters (:mod:`toolkit.engine.strategy`); the loop is
+(or ``fsdp``) swaps Accelerate's DDP for DeepSpeed ZeRO (or FSDP2, :mod:`toolkit.engine.fsdp`) behind
+adapters (:mod:`toolkit.engine.strategy`); the loop is
 the same, the full weights are gathered before pictures, validation and checkpoints. A stop request
 (SIGTERM/SIGUSR1/SIGINT via :meth:`Trainer.request_stop`, or a job scheduler) makes every rank stop
 together at the next sync point (at most :data:`SYNC_EVERY` steps later) and write a checkpoint first. Exports are built from the EMA
@@ -121,8 +122,9 @@ class Trainer:
                     self.task.name, cfg.train.compile_backend)
         optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
-        # strategy hook (toolkit.engine.strategy): DDP through Accelerate, or DeepSpeed ZeRO behind adapters
-        self.strategy = build_strategy(cfg, acc, model, optimizer, self.run_dir / "checkpoints")
+        # strategy hook (toolkit.engine.strategy): DDP through Accelerate, or DeepSpeed ZeRO / FSDP2 behind adapters
+        self.strategy = build_strategy(cfg, acc, model, optimizer, self.run_dir / "checkpoints",
+                                       self.task.blocks(model))
         if self.strategy is None:
             self.model, self.optimizer = acc.prepare(model, optimizer)
             step_acc, step_ema, model_part, optim_part = acc, self.ema, self.unwrapped, self.optimizer
