@@ -1,7 +1,8 @@
 """``train.strategy=fsdp`` (FSDP2, ``fully_shard``) against DDP, with real torchrun processes (2 CPU ranks, gloo).
 
 The module fixture runs DDP and FSDP2 on the same tiny tokenizer config (fp32, 2 accumulation steps,
-6 steps, checkpoints at 3 and 6; helpers shared with tests/test_strategies.py).
+6 steps, checkpoints at 3 and 6, the FSDP2 run keeping only the newest; helpers shared with
+tests/test_strategies.py).
 
 Why not bit-identical to DDP: FSDP2 reduce-scatters each block's gradients (DDP all-reduces buckets),
 so gradients are summed in another order, the gradient norm is summed over shards, and AdamW runs
@@ -38,7 +39,7 @@ def runs(lidar_shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("fsdp")
     out = {"ddp": root / "ddp", "fsdp": root / "fsdp", "shards": lidar_shards}
     torchrun(lidar_shards, out["ddp"])
-    torchrun(lidar_shards, out["fsdp"], **FSDP)
+    torchrun(lidar_shards, out["fsdp"], **FSDP, **{"checkpoint.keep": 1})
     return out
 
 
@@ -64,7 +65,9 @@ def test_fsdp_two_ranks_end_like_ddp(runs):
     folder = fsdp / "checkpoints" / opt["dir"]
     assert any(f.endswith(".distcp") for f in opt["files"]) and all((folder / f).is_file() for f in opt["files"])
     assert (fsdp / "checkpoints" / f"{LAST}_ema.jit").is_file()
-    assert not any(p.name.endswith(".tmp") for p in (fsdp / "checkpoints").iterdir())
+    names = sorted(p.name for p in (fsdp / "checkpoints").iterdir())
+    assert not any(n.endswith(".tmp") for n in names), names
+    assert not any(n.startswith("iter_000000003") for n in names), names  # keep=1 pruned step 3 + DCP folder
     summary = json.loads((fsdp / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["world_size"] == 2
 
