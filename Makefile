@@ -52,7 +52,7 @@ demo: setup train evaluate
 # the full suite (what CI runs, ~15 min on 2 cores) and the edit loop without the multi-process, SLURM and
 # fault-injection tests (marked slow / faults in tests/; pyproject.toml lists the markers)
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 test-fast: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not faults" tests

@@ -95,7 +95,8 @@ def make_executor(cluster: str, folder: Path, res, name: str):
     """A configured ``submitit.AutoExecutor``.
 
     Raises:
-        ValueError: for resources the cluster kind cannot give (e.g. several nodes locally).
+        ValueError: for resources the cluster kind cannot give (e.g. several nodes locally), or
+            ``--cluster slurm`` where SLURM's ``srun`` is not on PATH.
     """
     import submitit
 
@@ -103,8 +104,12 @@ def make_executor(cluster: str, folder: Path, res, name: str):
         raise ValueError(f"--cluster {cluster} runs on one node; got --nodes {res.nodes}")
     if cluster == "debug" and res.tasks_per_node > 1:
         raise ValueError("--cluster debug runs one process; use --cluster local for several tasks")
-    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster,
-                                     slurm_max_num_timeout=res.max_requeues)
+    try:
+        executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster,
+                                         slurm_max_num_timeout=res.max_requeues)
+    except RuntimeError as exc:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
+        raise ValueError(f"--cluster {cluster}: {exc} (SLURM's srun is not on PATH; run on a SLURM login "
+                         "node, start slurm/local-cluster.sh, or use --cluster local)") from None
     params = {"name": name, "timeout_min": res.time_min, "tasks_per_node": res.tasks_per_node,
               "nodes": res.nodes, "cpus_per_task": res.cpus_per_task}
     if res.gpus_per_node:

@@ -482,7 +482,11 @@ def main(args) -> int:
         return 0
     parallel = args.parallel or 1
     if cluster == "slurm":
-        jobs = submit_slurm(sweep, res, parallel)
+        try:
+            jobs = submit_slurm(sweep, res, parallel)
+        except ValueError as exc:  # make_executor: srun not on PATH
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"submitted {len(jobs)} array task(s) (at most {parallel} at once); "
               f"{len(sweep.runs) - len(jobs)} finished already; manifest {sweep.manifest_path}")
         if args.wait:

@@ -215,6 +215,19 @@ def test_bad_input_in_a_subprocess(case, paths):
     assert_one_line(res.returncode, res.stderr, fill(expected, paths))
 
 
+def test_slurm_launch_without_srun_is_one_line_exit_2(tmp_path):
+    """Where SLURM's ``srun`` is not on PATH (a laptop, a CI runner), ``--cluster slurm`` (even ``--dry-run``)
+    and a SLURM sweep answer one line naming srun, not submitit's traceback."""
+    path = {"PATH": str(Path(sys.executable).parent)}
+    res = run_cli(["-m", "launch", "-c", C, "--cluster", "slurm", "--dry-run", f"run.root={tmp_path}"],
+                  timeout=120, env=path)
+    assert_one_line(res.returncode, res.stderr, "srun")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"config: {C}\nseeds: [0]\ngrid:\n  optim.lr: [0.001]\nroot: {tmp_path}\n")
+    res = run_cli(["-m", "launch", "--sweep", str(sweep), "--cluster", "slurm"], timeout=120, env=path)
+    assert_one_line(res.returncode, res.stderr, "srun")
+
+
 def test_the_table_is_large_and_covers_every_cli():
     modules = {c[1] for c in CASES}
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
