@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(dry_run_text(executor, args.cluster, res, folder, cfg_dict))
         return 0
 
-    job = executor.submit(TrainJob(cfg_dict, res.time_min, res.signal_delay_s))
+    job = executor.submit(TrainJob(cfg_dict, res.time_min, res.signal_delay_s, res.max_requeues))
     print(f"submitted job {job.job_id} ({args.cluster}: {res.nodes} node(s) x {res.tasks_per_node} task(s))")
     print(f"run folder: {folder}")
     print(f"logs: {folder / 'submitit' / str(job.job_id)}")

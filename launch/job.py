@@ -29,6 +29,14 @@ Signals, and how every rank stops together even if only one receives a signal:
   genuine notice can come up to that much early.
 * ``SIGTERM`` (``scontrol requeue``, preemption, ``scancel``): stop with ``STOP_EXIT``: checkpoint at the
   next step and return; SLURM requeues (or cancels) the job by itself.
+
+A distributed fault (:mod:`toolkit.engine.watchdog`: a rank frozen, dead or its node lost) makes every rank
+exit with code 3; SLURM alone would then end the job FAILED. The job registers a fault hook
+(:meth:`TrainJob.requeue_after_fault`): the rank that detected the fault runs ``scontrol requeue
+$SLURM_JOB_ID`` before exiting, while ``SLURM_RESTART_COUNT`` (requeues so far, of any cause) is below
+``max_requeues`` (the profile's or ``--max-requeues``); SLURM then stops the remaining tasks (SIGTERM, then
+SIGKILL after ``KillWait``, which also ends a stopped process) and the requeued job resumes from the newest
+complete checkpoint.
 """
 
 from __future__ import annotations
@@ -49,18 +57,22 @@ class TrainJob(submitit.helpers.Checkpointable):
     Args:
         config: :func:`toolkit.config.to_dict` of the run config (with an absolute ``run.dir``).
         time_min, signal_delay_s: the job's time limit and notice delay (to recognise stale notices).
+        max_requeues: requeues allowed after a watchdog fault, compared with ``SLURM_RESTART_COUNT``
+            (which counts every requeue of the job, time-outs and preemptions included).
     """
 
     NOTICE_SIGNAL = "SIGURG"
 
-    def __init__(self, config: dict, time_min: float = 0.0, signal_delay_s: float = 0.0):
+    def __init__(self, config: dict, time_min: float = 0.0, signal_delay_s: float = 0.0, max_requeues: int = 3):
         self.config = config
         self.time_min = time_min
         self.signal_delay_s = signal_delay_s
+        self.max_requeues = max_requeues
 
     def __call__(self) -> dict:
         from toolkit.config import from_dict
         from toolkit.engine.trainer import STOP_EXIT, STOP_REQUEUE, Trainer
+        from toolkit.engine.watchdog import set_fault_hook
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
@@ -96,10 +108,12 @@ class TrainJob(submitit.helpers.Checkpointable):
         for sig in {usr_sig, getattr(signal, self.NOTICE_SIGNAL)} - {None}:
             previous[sig] = signal.signal(sig, on_notice)
         previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
+        previous_hook = set_fault_hook(lambda message, here: self.requeue_after_fault(here, env.global_rank))
 
         try:
             summary = trainer.fit()
         finally:
+            set_fault_hook(previous_hook)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if summary.get("stop_code") == STOP_REQUEUE and env.global_rank == 0 and callable(previous.get(usr_sig)):
@@ -110,7 +124,37 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on rank 0 before a requeue; the trainer has already written its checkpoint."""
-        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.time_min, self.signal_delay_s))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.time_min, self.signal_delay_s,
+                                                           self.max_requeues))
+
+    def requeue_after_fault(self, detected_here: bool, rank: int) -> bool:
+        """The watchdog's fault hook: on the detecting rank of a SLURM job, ``scontrol requeue`` the job
+        unless ``SLURM_RESTART_COUNT`` has reached ``max_requeues``. Prints one ``[launch]`` line saying
+        what it did; returns whether it asked for the requeue (False elsewhere: other ranks, no SLURM job,
+        the limit reached, scontrol failed)."""
+        job_id = os.environ.get("SLURM_JOB_ID")
+        if not detected_here or not job_id:
+            return False
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        if restarts >= self.max_requeues:
+            print(f"[launch] rank {rank}: watchdog fault: job {job_id} NOT requeued: {restarts} requeue(s) done, "
+                  f"limit {self.max_requeues} (--max-requeues / the profile's max_requeues)", file=sys.stderr,
+                  flush=True)
+            return False
+        try:
+            res = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            print(f"[launch] rank {rank}: watchdog fault: scontrol requeue {job_id} failed: {exc}",
+                  file=sys.stderr, flush=True)
+            return False
+        if res.returncode != 0:
+            print(f"[launch] rank {rank}: watchdog fault: scontrol requeue {job_id} failed (rc {res.returncode}): "
+                  f"{res.stderr.strip()}", file=sys.stderr, flush=True)
+            return False
+        print(f"[launch] rank {rank}: watchdog fault: requeued job {job_id} (requeue {restarts + 1} of at most "
+              f"{self.max_requeues}, SLURM_RESTART_COUNT={restarts}); it resumes from the newest complete "
+              "checkpoint", file=sys.stderr, flush=True)
+        return True
 
 
 def _resolves_to_non_loopback(name: str) -> bool:

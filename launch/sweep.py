@@ -451,7 +451,8 @@ def submit_slurm(sweep: Sweep, res, parallel: int) -> list:
             for r in todo:
                 write_run_info(sweep, r)
                 cfg = load_config(sweep.config, r.args)
-                jobs.append(executor.submit(TrainJob(to_dict(cfg), res.time_min, res.signal_delay_s)))
+                jobs.append(executor.submit(TrainJob(to_dict(cfg), res.time_min, res.signal_delay_s,
+                                                     res.max_requeues)))
         for r, job in zip(todo, jobs):
             r.status, r.extra = "submitted", {"job_id": str(job.job_id)}
     write_manifest(sweep, {"cluster": "slurm", "parallel": parallel})

@@ -9,6 +9,9 @@ namespace; no mocks. Each test reproduces one fault and asserts what the ranks d
   naming the frozen rank and its last step; every checkpoint left behind loads
 - a lost node (the second namespace's link set down): both sides exit within ``dist.timeout_s`` + a
   margin, each naming what it lost (skipped without root / network namespaces)
+- a frozen rank of a SLURM job (``python -m launch --cluster slurm`` on the local cluster): the detecting
+  rank requeues the job (``scontrol requeue``, bounded by ``--max-requeues``), which resumes and ends
+  bit-identical to the reference
 - the watchdog alone (one process, no store), and negative ``dist.*`` settings as config errors
 """
 
@@ -27,12 +30,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, run_finished, submitit_logs, tiny_overrides
 from test_faults import CONFIG, assert_same_training_state, descendants, logged_step, wait_until
 from toolkit.engine.checkpoint import Checkpointer
 
 sys.path.insert(0, str(REPO / "tests"))
 from helpers import netns  # noqa: E402
+from test_launch import _job_id, _launch, _wait_for, slurm_env  # noqa: E402,F401 - slurm_env: the real local cluster
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -228,6 +232,86 @@ def test_a_frozen_rank_makes_the_survivor_exit_in_bounded_time_naming_it(lidar_s
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     record("balanced run (before the freeze)", straggler_ratio=[round(r["perf/straggler_ratio"], 2) for r in rows
                                                                  if "perf/straggler_ratio" in r])
+
+
+# ------------------------------------------------------------------------------ 3b. frozen rank under SLURM
+def slurm_task(job_id: str, rank: int, timeout: float = 60) -> int:
+    """The pid of the task process of ``rank`` in SLURM job ``job_id`` (not its children)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                env = entry.joinpath("environ").read_bytes().split(b"\0")
+                cmd = entry.joinpath("cmdline").read_bytes()
+                ppid = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if (b"submitit" in cmd and f"SLURM_JOB_ID={job_id}".encode() in env
+                    and f"SLURM_PROCID={rank}".encode() in env):
+                found[int(entry.name)] = ppid
+        tops = [pid for pid, ppid in found.items() if ppid not in found]
+        if len(tops) == 1:
+            return tops[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no task process of rank {rank} in job {job_id}")
+
+
+def restart_count(env: dict, job_id: str) -> int:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True, text=True).stdout
+    found = re.search(r"\bRestarts=(\d+)", out)
+    return int(found.group(1)) if found else -1
+
+
+def test_a_frozen_rank_of_a_slurm_job_requeues_it_and_it_resumes_bit_identical(lidar_shards, slowed_run,
+                                                                                  tmp_path, slurm_env):
+    """2 SLURM tasks (srun, no torchrun); rank 1 SIGSTOPped after a checkpoint: rank 0's watchdog names it,
+    runs ``scontrol requeue`` (1 of at most 2), the requeued job resumes from the newest complete checkpoint
+    and its final state equals the reference run's."""
+    reference, _ = slowed_run
+    run = tmp_path / "run"
+    res = _launch(slurm_env, "--cluster", "slurm", "--profile", "local", "--max-requeues", "2",
+                  *overrides(lidar_shards, run))
+    job = _job_id(res.stdout)
+    victim = None
+    try:
+        victim = slurm_task(job, 1, timeout=180)
+        first = run / "checkpoints" / "iter_000000002.pt"
+        t0 = time.monotonic()
+        while not first.exists():  # the whole run takes seconds here: poll closely
+            assert time.monotonic() - t0 < 180, "no first checkpoint"
+            time.sleep(0.02)
+        os.kill(victim, signal.SIGSTOP)
+        assert not (run / "checkpoints" / f"iter_{STEPS:09d}.pt").exists(), "finished before the freeze"
+        t_stop = time.monotonic()
+        _wait_for(lambda: restart_count(slurm_env, job) >= 1, TIMEOUT_S + 60, "the requeue", slurm_env, job)
+        requeued_s = time.monotonic() - t_stop
+        # SLURM itself SIGKILLs the stopped task after KillWait (20 s here); save that time
+        with_suppress(lambda: os.kill(victim, signal.SIGKILL))
+        _wait_for(lambda: run_finished(run), 300, "the requeued job to finish", slurm_env, job)
+        resumed_s = time.monotonic() - t_stop
+    finally:
+        if victim is not None and alive(victim):
+            with_suppress(lambda: os.kill(victim, signal.SIGKILL))
+        if not run_finished(run):
+            subprocess.run(["scancel", job], env=slurm_env, capture_output=True)
+    logs = submitit_logs(run)
+    # rank 0 names rank 1 once it has seen a heartbeat of it (else it names its own stall)
+    found = re.search(r"error: rank 0: watchdog: (rank \d made no progress since step (\d+)[^\n]*)", logs)
+    assert found, logs[-3000:]
+    assert f"[launch] rank 0: watchdog fault: requeued job {job} (requeue 1 of at most 2" in logs, logs[-3000:]
+    assert restart_count(slurm_env, job) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == STEPS and summary["world_size"] == 2
+    resumed = int(Path(summary["resumed_from"]).stem.split("_")[1])
+    record("frozen rank under SLURM", message=found.group(1), requeued_after_s=round(requeued_s, 1),
+           finished_after_s=round(resumed_s, 1), resumed_from=resumed)
+    assert 2 <= resumed < STEPS
+    assert assert_every_checkpoint_loads(run)
+    final = f"iter_{STEPS:09d}.pt"
+    assert_same_training_state(run / "checkpoints" / final, reference / "checkpoints" / final)
 
 
 # ------------------------------------------------------------------------------------------ 3. lost node

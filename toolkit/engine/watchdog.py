@@ -30,6 +30,9 @@ that is safe: every file is written to a temporary name and renamed into place (
 a rename is one system call, never cut in half), so the folder holds the previous complete checkpoint
 or the new one, plus at most a ``.tmp`` that the next start removes. Under ``torchrun --max-restarts=N``
 the non-zero exit restarts the group, which resumes from the newest complete checkpoint.
+
+A launcher can act on a fault before the exit through :func:`set_fault_hook` (e.g. ``launch/job.py``
+requeues a SLURM job); the engine itself knows nothing of schedulers.
 """
 
 from __future__ import annotations
@@ -45,6 +48,22 @@ from typing import Callable
 
 #: exit code of a rank that the watchdog stopped (1: failed, 2: could not start, 130: aborted; toolkit.train)
 EXIT_HUNG = 3
+
+
+_fault_hook: Callable[[str, bool], None] | None = None
+
+
+def set_fault_hook(fn: Callable[[str, bool], None] | None) -> Callable[[str, bool], None] | None:
+    """Register ``fn(message, detected_here)``, called on every rank the watchdog stops, after its error line
+    and before the logs are flushed and the process exits with :data:`EXIT_HUNG`.
+
+    ``detected_here`` is True on the rank that detected the fault (usually one: rank 0, or the survivor that
+    lost rank 0), False on the ranks that read another rank's abort. The hook runs in the watchdog's thread
+    while the main thread may be blocked in a collective: it must not touch the process group. Its errors
+    are printed as a warning and ignored. ``None`` removes the hook. Returns the previous hook."""
+    global _fault_hook
+    previous, _fault_hook = _fault_hook, fn
+    return previous
 
 
 def process_group_timeout(timeout_s: float) -> timedelta | None:
@@ -261,7 +280,8 @@ class Watchdog:
                 f"but its process is alive: stuck in a step, a collective or the data", True)
 
     def fire(self, message: str, detected_here: bool = True) -> None:
-        """Tell the other ranks (if detected here), print the error, flush the logs, exit with :data:`EXIT_HUNG`."""
+        """Tell the other ranks (if detected here), print the error, run the :func:`set_fault_hook` hook, flush
+        the logs, exit with :data:`EXIT_HUNG`."""
         self.message = message
         store = self._store
         if detected_here and store is not None:  # in a thread of its own: the store may not answer
@@ -273,6 +293,13 @@ class Watchdog:
             teller.start()
             teller.join(timeout=max(2.0, 2 * self.interval))
         print(f"error: rank {self.rank}: watchdog: {message}", file=sys.stderr, flush=True)
+        hook = _fault_hook
+        if hook is not None:
+            try:
+                hook(message, detected_here)
+            except Exception as exc:  # noqa: BLE001 - the exit must happen regardless
+                print(f"warning: rank {self.rank}: watchdog fault hook failed: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)
         if self.on_exit is not None:
             with contextlib.suppress(Exception):
                 self.on_exit()
