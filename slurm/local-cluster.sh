@@ -131,7 +131,7 @@ EOF
 write_conf() {
   mkdir -p "$STATE/ctld" "$STATE/d" "$STATE/log"
   local cpus mem
-  cpus="$(nproc)"
+  cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc follows OMP_NUM_THREADS; the node has what this process may use
   mem="$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)"
   {
     echo "# written by slurm/local-cluster.sh: single-node test cluster"
@@ -150,7 +150,7 @@ write_conf() {
 write_conf_two_nodes() {
   mkdir -p "$STATE/ctld" "$STATE/d/n1" "$STATE/d/n2" "$STATE/log"
   local cpus mem
-  cpus="$(nproc)"
+  cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc follows OMP_NUM_THREADS; the node has what this process may use
   mem="$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.45}' /proc/meminfo)"  # each node: half of 90 %
   {
     echo "# written by slurm/local-cluster.sh: two-node test cluster (n1, n2 in network namespaces)"

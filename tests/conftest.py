@@ -108,3 +108,21 @@ def assert_same_final_weights(run: Path, ref: Path, step: int) -> None:
     assert final.keys() == reference.keys()
     for key in reference:
         assert torch.equal(final[key], reference[key]), key
+
+
+SLURM_SCRIPT = REPO / "slurm" / "local-cluster.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_env(tmp_path_factory):
+    """The real single-node SLURM cluster (slurm/local-cluster.sh; apt-get installs it when missing; root needed),
+    started once per session for every module that uses it, stopped at the end: the env to run sbatch/launch in."""
+    state = tmp_path_factory.mktemp("slurm-state")
+    env = {**os.environ, "TOOLKIT_SLURM_STATE": str(state)}
+    subprocess.run(["bash", str(SLURM_SCRIPT), "stop"], env={**os.environ}, capture_output=True, timeout=120)
+    res = subprocess.run(["bash", str(SLURM_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600)
+    if res.returncode != 0:
+        pytest.fail(f"local SLURM cluster did not start:\n{res.stderr[-3000:]}")
+    env["SLURM_CONF"] = str(state / "slurm.conf")
+    yield env
+    subprocess.run(["bash", str(SLURM_SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)

@@ -36,7 +36,7 @@ from toolkit.engine.checkpoint import Checkpointer
 
 sys.path.insert(0, str(REPO / "tests"))
 from helpers import netns  # noqa: E402
-from test_launch import _job_id, _launch, _wait_for, slurm_env  # noqa: E402,F401 - slurm_env: the real local cluster
+from test_launch import _job_id, _launch, _wait_for  # noqa: E402 - slurm_env (the real local cluster) is conftest's
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -259,6 +259,11 @@ def slurm_task(job_id: str, rank: int, timeout: float = 60) -> int:
     raise AssertionError(f"no task process of rank {rank} in job {job_id}")
 
 
+def job_steps_alive(job_id: str) -> bool:
+    """True while a ``slurmstepd: [JOB.STEP]`` process of the job runs on this machine."""
+    return subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job_id}\."], capture_output=True).returncode == 0
+
+
 def restart_count(env: dict, job_id: str) -> int:
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True, text=True).stdout
     found = re.search(r"\bRestarts=(\d+)", out)
@@ -286,10 +291,13 @@ def test_a_frozen_rank_of_a_slurm_job_requeues_it_and_it_resumes_bit_identical(l
         os.kill(victim, signal.SIGSTOP)
         assert not (run / "checkpoints" / f"iter_{STEPS:09d}.pt").exists(), "finished before the freeze"
         t_stop = time.monotonic()
-        _wait_for(lambda: restart_count(slurm_env, job) >= 1, TIMEOUT_S + 60, "the requeue", slurm_env, job)
+        # no release of the requeue hold yet: a requeued job started while the old one's steps still run is
+        # killed by SLURM ("Job credential revoked")
+        _wait_for(lambda: restart_count(slurm_env, job) >= 1, TIMEOUT_S + 60, "the requeue")
         requeued_s = time.monotonic() - t_stop
         # SLURM itself SIGKILLs the stopped task after KillWait (20 s here); save that time
         with_suppress(lambda: os.kill(victim, signal.SIGKILL))
+        _wait_for(lambda: not job_steps_alive(job), 120, "the old job's steps to end")
         _wait_for(lambda: run_finished(run), 300, "the requeued job to finish", slurm_env, job)
         resumed_s = time.monotonic() - t_stop
     finally:

@@ -18,19 +18,6 @@ CONFIG = str(REPO / "configs" / "lidar_tokenizer.yaml")
 SCRIPT = REPO / "slurm" / "local-cluster.sh"
 
 
-@pytest.fixture(scope="session")
-def slurm_env(tmp_path_factory):
-    state = tmp_path_factory.mktemp("slurm-state")
-    env = {**os.environ, "TOOLKIT_SLURM_STATE": str(state)}
-    subprocess.run(["bash", str(SCRIPT), "stop"], env={**os.environ}, capture_output=True, timeout=120)
-    res = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600)
-    if res.returncode != 0:
-        pytest.fail(f"local SLURM cluster did not start:\n{res.stderr[-3000:]}")
-    env["SLURM_CONF"] = str(state / "slurm.conf")
-    yield env
-    subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
-
-
 def _launch(env, *args, timeout=120):
     res = run_cli(["-m", "launch", "--config", CONFIG, *args], env=env, timeout=timeout)
     assert res.returncode == 0, res.stderr[-3000:]
