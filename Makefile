@@ -60,7 +60,7 @@ test-fast: setup
 bench: setup data
 	$(PY) -m toolkit.bench all --config $(DEMO_CONFIG)
 
-# GPU readiness (docs/gpu.md): the GPU suite (tests/gpu) and a short bench on one GPU in <= 8 min, JSON + Markdown
+# GPU readiness (docs/gpu.md): the GPU suite (tests/gpu) and a short bench on one GPU in <= 8 min 20 s, JSON + Markdown
 # in GPU_OUT; scripts/gpu-check finds a Python with CUDA PyTorch (or GPU_CHECK_SETUP=1: make setup TORCH_SPEC=...).
 GPU_OUT ?= runs/gpu-check
 

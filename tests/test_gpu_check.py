@@ -22,11 +22,11 @@ def test_dry_run_prints_every_part_with_its_budget_and_runs_nothing(tmp_path, ca
     out = tmp_path / "out"
     res = run_cli([str(REPO / "scripts" / "gpu-check"), "--dry-run", "--out", str(out)], timeout=120)
     assert res.returncode == 0, res.stderr
-    assert "whole budget 480 s (8.0 min" in res.stdout
+    assert "whole budget 500 s (8.3 min" in res.stdout
     for part in gpu_check.PARTS:
         assert re.search(rf"^  {part.name}\s+{part.budget_s} s  ", res.stdout, re.M), part.name
         assert f"toolkit.gpu_check part {part.name} --device cuda" in res.stdout
-    assert sum(p.budget_s for p in gpu_check.PARTS) + gpu_check.RESERVE_S <= gpu_check.BUDGET_S == 480
+    assert sum(p.budget_s for p in gpu_check.PARTS) + gpu_check.RESERVE_S <= gpu_check.BUDGET_S == 500
     assert not out.exists()
     from toolkit.bench import main as bench_main
 

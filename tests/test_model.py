@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from toolkit.tasks.lidar_tokenizer.autoencoder import PRESETS, AutoencoderConfig, CosmosAutoencoder, HaarPatcher, HaarUnpatcher
+from toolkit.tasks.lidar_tokenizer.autoencoder import (PRESETS, AutoencoderConfig, CosmosAutoencoder, HaarPatcher, HaarUnpatcher,
+                                                       _haar_filters)
 from toolkit.tasks.lidar_tokenizer import LidarTokenizerConfig, RangeCodec
 from toolkit.tasks.lidar_tokenizer.model import fill_invalid_rowwise
 
@@ -15,6 +16,19 @@ def test_haar_packet_is_orthonormal_and_invertible():
     assert z.shape == (2, 48, 4, 6)
     assert torch.allclose(u(z), x, atol=1e-12)
     assert torch.allclose(z.pow(2).sum(), x.pow(2).sum())  # energy preserved
+
+
+def test_haar_patcher_equals_the_grouped_haar_convolution_in_either_memory_layout():
+    """The element-wise Haar transform (no convolution: see _haar_mix) equals a stride-2 grouped conv2d
+    with the four Haar filters, level by level, for contiguous and channels-last input alike."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 32, dtype=torch.float64)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        ref = inp
+        for _ in range(2):
+            c = ref.shape[1]
+            ref = torch.nn.functional.conv2d(ref, _haar_filters().double().repeat(c, 1, 1, 1), stride=2, groups=c)
+        torch.testing.assert_close(HaarPatcher(2)(inp), ref, rtol=0, atol=1e-12)
 
 
 def test_shapes_8x8_compression():

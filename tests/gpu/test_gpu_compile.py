@@ -30,7 +30,10 @@ def no_tf32():
 @CUDA_ONLY
 def test_torch_compile_on_cuda_matches_eager(range_shards, no_tf32):
     """Inductor-compiled forward and backward of the tiny tokenizer equal eager within float32 rounding
-    (the loss and every gradient to 1e-3 relative L2; TF32 off on both sides)."""
+    (TF32 off on both sides): the loss, the whole gradient and every parameter's gradient to 1e-3 relative
+    L2. A parameter's gradient is compared to its own size plus 1e-6 of the largest one: the biases of
+    convolutions followed by a GroupNorm have a gradient that is zero but for rounding (on an H200: norm
+    3.6e-9 eager, 5.9e-9 apart, against gradients of order 1), where relative error means nothing."""
     from toolkit.gpu_bench import collate, range_sample
     from toolkit.tasks import build_task
 
@@ -53,8 +56,13 @@ def test_torch_compile_on_cuda_matches_eager(range_shards, no_tf32):
     assert torch.isfinite(compiled_loss)
     assert abs(compiled_loss - eager_loss) <= 1e-3 * abs(eager_loss)
     assert len(compiled_grads) == len(eager_grads)
-    for g_c, g_e in zip(compiled_grads, eager_grads):
-        assert (g_c - g_e).norm() <= 1e-3 * g_e.norm() + 1e-12
+    whole_c, whole_e = torch.cat([g.flatten() for g in compiled_grads]), torch.cat([g.flatten() for g in eager_grads])
+    assert (whole_c - whole_e).norm() <= 1e-3 * whole_e.norm()
+    largest = max(g.norm() for g in eager_grads)
+    names = [n for n, p in model.named_parameters() if p.grad is not None]
+    for name, g_c, g_e in zip(names, compiled_grads, eager_grads):
+        gap = (g_c - g_e).norm()
+        assert gap <= 1e-3 * g_e.norm() + 1e-6 * largest, f"{name}: {gap:.3g} apart, eager norm {g_e.norm():.3g}"
 
 
 def test_engine_train_compile_model_on_cuda(range_shards, tmp_path):

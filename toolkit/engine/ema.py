@@ -73,8 +73,15 @@ class EMA:
                 value.copy_(torch.where(good, value.lerp(target, w), value))
             else:
                 value.lerp_(target, w)
-        if ema:  # a skipped step left the weights unchanged and finite: weight 0 keeps the EMA exactly
-            torch._foreach_lerp_(ema, new, 1.0 - d if good is None else good.to(torch.float32) * (1.0 - d))
+        if ema and good is None:
+            torch._foreach_lerp_(ema, new, 1.0 - d)
+        elif ema:  # a skipped step left the weights unchanged and finite: weight 0 keeps the EMA exactly
+            # ema + w (new - ema), lerp's own formula for w < 0.5. Not _foreach_lerp_(ema, new, w): a 0-d
+            # tensor given for its Scalar weight is read with .item(), a host synchronisation on CUDA
+            # (found by the GPU suite's sync-debug test on an H200)
+            step = torch._foreach_sub(new, ema)
+            torch._foreach_mul_(step, good.to(torch.float32) * (1.0 - d))
+            torch._foreach_add_(ema, step)
         self.num_updates += 1
 
     def state_dict(self) -> dict:

@@ -75,7 +75,7 @@ def _groups(channels: int, wanted: int) -> int:
 
 
 def _haar_filters() -> torch.Tensor:
-    """(4, 1, 2, 2) orthonormal 2-D Haar analysis filters: LL, LH, HL, HH."""
+    """(4, 1, 2, 2) orthonormal 2-D Haar analysis filters: LL, LH, HL, HH (rows: top, bottom; columns: left, right)."""
     h = torch.tensor([
         [[1.0, 1.0], [1.0, 1.0]],
         [[1.0, -1.0], [1.0, -1.0]],
@@ -83,6 +83,23 @@ def _haar_filters() -> torch.Tensor:
         [[1.0, -1.0], [-1.0, 1.0]],
     ]) / 2.0
     return h[:, None]
+
+
+def _haar_mix(x: torch.Tensor) -> torch.Tensor:
+    """The 4 x 4 Haar butterfly on each group of 4 channels: (B, 4C, H, W) -> (B, 4C, H, W), same dtype.
+
+    After ``pixel_unshuffle(x, 2)`` the group of an input channel holds its 2 x 2 block's pixels
+    (top-left a, top-right b, bottom-left c, bottom-right d); this returns (LL, LH, HL, HH) =
+    ((a+b+c+d), (a-b+c-d), (a+b-c-d), (a-b-c+d)) / 2, which equals a stride-2 grouped convolution with
+    :func:`_haar_filters`. The matrix is symmetric and orthonormal, so the same call inverts it (before
+    ``pixel_shuffle``). Element-wise, not a convolution: a 1-channel input is both contiguous and channels-last,
+    and cuDNN's choice of output layout for it differs from the one ``torch.compile`` predicts (inductor's
+    stride assertion failed on an H200, docs/gpu.md).
+    """
+    a, b, c, d = x.unflatten(1, (-1, 4)).unbind(2)
+    s, t = a + b, a - b
+    u, v = c + d, c - d
+    return torch.stack(((s + u), (t + v), (s - u), (t - v)), dim=2).flatten(1, 2) * 0.5
 
 
 class HaarPatcher(nn.Module):
@@ -94,12 +111,10 @@ class HaarPatcher(nn.Module):
     def __init__(self, levels: int = 2):
         super().__init__()
         self.levels = levels
-        self.register_buffer("filters", _haar_filters(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for _ in range(self.levels):
-            c = x.shape[1]
-            x = F.conv2d(x, self.filters.to(x.dtype).repeat(c, 1, 1, 1), stride=2, groups=c)
+            x = _haar_mix(F.pixel_unshuffle(x, 2))
         return x
 
 
@@ -109,12 +124,10 @@ class HaarUnpatcher(nn.Module):
     def __init__(self, levels: int = 2):
         super().__init__()
         self.levels = levels
-        self.register_buffer("filters", _haar_filters(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for _ in range(self.levels):
-            c = x.shape[1] // 4
-            x = F.conv_transpose2d(x, self.filters.to(x.dtype).repeat(c, 1, 1, 1), stride=2, groups=c)
+            x = F.pixel_shuffle(_haar_mix(x), 2)
         return x
 
 
