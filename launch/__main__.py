@@ -118,7 +118,10 @@ def make_executor(cluster: str, folder: Path, res, name: str):
         if res.mem_gb:
             params["mem_gb"] = res.mem_gb
         # the notice comes as SIGURG, not USR2: see launch/job.py
+        # --kill-on-bad-exit: a task that fails (a watchdog exit 3 not requeued, an exception) ends the job
+        # step, FAILED, instead of leaving the other tasks waiting (a frozen one until the time limit)
         params.update({"slurm_signal_delay_s": res.signal_delay_s, "slurm_setup": list(res.setup),
+                       "slurm_srun_args": ["--kill-on-bad-exit=1"],
                        "slurm_additional_parameters": {"requeue": True, "signal": f"URG@{res.signal_delay_s}",
                                                        **res.additional}})
         for key in ("partition", "account", "qos", "constraint"):

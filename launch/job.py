@@ -36,7 +36,9 @@ exit with code 3; SLURM alone would then end the job FAILED. The job registers a
 $SLURM_JOB_ID`` before exiting, while ``SLURM_RESTART_COUNT`` (requeues so far, of any cause) is below
 ``max_requeues`` (the profile's or ``--max-requeues``); SLURM then stops the remaining tasks (SIGTERM, then
 SIGKILL after ``KillWait``, which also ends a stopped process) and the requeued job resumes from the newest
-complete checkpoint.
+complete checkpoint. At the limit the rank prints that the job is NOT requeued and exits; ``srun
+--kill-on-bad-exit=1`` (set by ``launch``) then ends the other tasks, a frozen one included, and the job
+ends FAILED (without it a frozen task would hold the job until its time limit).
 """
 
 from __future__ import annotations

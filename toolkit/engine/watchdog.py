@@ -55,7 +55,8 @@ _fault_hook: Callable[[str, bool], None] | None = None
 
 def set_fault_hook(fn: Callable[[str, bool], None] | None) -> Callable[[str, bool], None] | None:
     """Register ``fn(message, detected_here)``, called on every rank the watchdog stops, after its error line
-    and before the logs are flushed and the process exits with :data:`EXIT_HUNG`.
+    and before the logs are flushed and the process exits with :data:`EXIT_HUNG` (on the detecting rank also
+    before the other ranks are told to exit).
 
     ``detected_here`` is True on the rank that detected the fault (usually one: rank 0, or the survivor that
     lost rank 0), False on the ranks that read another rank's abort. The hook runs in the watchdog's thread
@@ -280,9 +281,21 @@ class Watchdog:
                 f"but its process is alive: stuck in a step, a collective or the data", True)
 
     def fire(self, message: str, detected_here: bool = True) -> None:
-        """Tell the other ranks (if detected here), print the error, run the :func:`set_fault_hook` hook, flush
-        the logs, exit with :data:`EXIT_HUNG`."""
+        """Print the error, run the :func:`set_fault_hook` hook, tell the other ranks (if detected here), flush
+        the logs, exit with :data:`EXIT_HUNG`.
+
+        The hook runs before the other ranks are told: they exit as soon as they read the abort, and a launcher
+        may end the job when a task exits (``srun --kill-on-bad-exit``), which must not cut the hook short
+        (e.g. ``scontrol requeue`` on this rank)."""
         self.message = message
+        print(f"error: rank {self.rank}: watchdog: {message}", file=sys.stderr, flush=True)
+        hook = _fault_hook
+        if hook is not None:
+            try:
+                hook(message, detected_here)
+            except Exception as exc:  # noqa: BLE001 - the exit must happen regardless
+                print(f"warning: rank {self.rank}: watchdog fault hook failed: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)
         store = self._store
         if detected_here and store is not None:  # in a thread of its own: the store may not answer
             def tell():
@@ -292,14 +305,6 @@ class Watchdog:
             teller = threading.Thread(target=tell, daemon=True)
             teller.start()
             teller.join(timeout=max(2.0, 2 * self.interval))
-        print(f"error: rank {self.rank}: watchdog: {message}", file=sys.stderr, flush=True)
-        hook = _fault_hook
-        if hook is not None:
-            try:
-                hook(message, detected_here)
-            except Exception as exc:  # noqa: BLE001 - the exit must happen regardless
-                print(f"warning: rank {self.rank}: watchdog fault hook failed: {type(exc).__name__}: {exc}",
-                      file=sys.stderr, flush=True)
         if self.on_exit is not None:
             with contextlib.suppress(Exception):
                 self.on_exit()
