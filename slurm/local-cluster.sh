@@ -87,6 +87,18 @@ make_netns() {
   done
 }
 
+# SIGKILL every process left in the cluster's namespaces (a slurmd or slurmstepd that outlived `stop`'s wait,
+# job tasks): they would keep a deleted namespace alive, and a stepd named [JOB.STEP] would look like a job
+# of another cluster that numbers its jobs from 1 as well
+kill_netns_pids() {
+  local ns pid
+  [ -s "$STATE/netns" ] || return 0
+  while read -r ns; do
+    [ -n "$ns" ] && [ -e "/run/netns/$ns" ] || continue
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+  done <"$STATE/netns"
+}
+
 delete_netns() {
   local ns
   [ -s "$STATE/netns" ] || return 0
@@ -326,6 +338,7 @@ stop() {
   done
   if [ "$(nodes)" = 2 ]; then
     for id in $nslinks; do kill_stepds "$id"; done
+    kill_netns_pids
     delete_netns
   else
     kill_stepds "$(netns_of self)"

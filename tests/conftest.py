@@ -126,3 +126,37 @@ def slurm_env(tmp_path_factory):
     env["SLURM_CONF"] = str(state / "slurm.conf")
     yield env
     subprocess.run(["bash", str(SLURM_SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def slurm2(tmp_path_factory):
+    """A two-node SLURM cluster (n1, n2 in network namespaces) from ``local-cluster.sh start --nodes 2``, started
+    once per session for every module that uses it (test_multinode, test_dist_faults), stopped at the end.
+
+    It can run beside :func:`slurm_env`'s single-node cluster: its own state folder (so its own namespaces,
+    named from that folder, and its own slurm.conf), its daemons inside the namespaces (they take no port of
+    the machine's own namespace), ``stop`` kills only slurmstepd processes of its namespaces; munged is shared.
+    Job ids of the two clusters overlap (both count from 1): find a job's processes by SLURM_CLUSTER_NAME too.
+    Commands that talk to slurmctld run through ``local-cluster.sh exec`` (in n1's namespace)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers import netns
+
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"two-node SLURM cluster: {reason}")
+    state = tmp_path_factory.mktemp("slurm2-state")
+    env = {**os.environ, "TOOLKIT_SLURM_STATE": str(state), "SLURM_CONF": str(state / "slurm.conf"),
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    names = []
+    try:
+        res = subprocess.run(["bash", str(SLURM_SCRIPT), "start", "--nodes", "2"], env=env, capture_output=True,
+                             text=True, timeout=600)
+        if (state / "netns").exists():
+            names = (state / "netns").read_text().split()
+        if res.returncode != 0:
+            pytest.fail(f"two-node SLURM cluster did not start:\n{res.stderr[-3000:]}")
+        assert len(names) == 2 and all(netns.exists(n) for n in names), names
+        yield env
+    finally:
+        subprocess.run(["bash", str(SLURM_SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
+    assert not any(netns.exists(n) for n in names), "local-cluster.sh stop left namespaces behind"

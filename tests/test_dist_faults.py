@@ -11,7 +11,9 @@ namespace; no mocks. Each test reproduces one fault and asserts what the ranks d
   margin, each naming what it lost (skipped without root / network namespaces)
 - a frozen rank of a SLURM job (``python -m launch --cluster slurm`` on the local cluster): the detecting
   rank requeues the job (``scontrol requeue``, bounded by ``--max-requeues``), which resumes and ends
-  bit-identical to the reference
+  bit-identical to the reference; with ``--max-requeues 0`` it is NOT requeued and ends FAILED
+- a lost node of a two-node SLURM job (``slurm2``: n1, n2 in namespaces; n2's link set down): rank 0 requeues
+  the job, the link comes back, the job resumes and ends bit-identical to the reference
 - the watchdog alone (one process, no store), and negative ``dist.*`` settings as config errors
 """
 
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_finished, submitit_logs, tiny_overrides
+from conftest import REPO, SLURM_SCRIPT, run_cli, run_finished, submitit_logs, tiny_overrides
 from test_faults import CONFIG, assert_same_training_state, descendants, logged_step, wait_until
 from toolkit.engine.checkpoint import Checkpointer
 
@@ -235,8 +237,19 @@ def test_a_frozen_rank_makes_the_survivor_exit_in_bounded_time_naming_it(lidar_s
 
 
 # ------------------------------------------------------------------------------ 3b. frozen rank under SLURM
-def slurm_task(job_id: str, rank: int, timeout: float = 60) -> int:
-    """The pid of the task process of ``rank`` in SLURM job ``job_id`` (not its children)."""
+def slurm(env: dict, *cmd, timeout: float = 60) -> subprocess.CompletedProcess:
+    """A SLURM client command (squeue, scontrol, ...) where the cluster of ``env`` is reachable
+    (``local-cluster.sh exec``: here for one node, in n1's namespace for two)."""
+    return subprocess.run(["bash", str(SLURM_SCRIPT), "exec", *map(str, cmd)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def slurm_task(job_id: str, rank: int, timeout: float = 60, namespaces: list[str] | None = None) -> int:
+    """The pid of the task process of ``rank`` in SLURM job ``job_id`` (not its children, not the batch
+    step's ``srun``, whose command line and environment look alike), in one of these network namespaces (the
+    two-node cluster's), else in this process's own (the single-node cluster's: job ids of the two overlap)."""
+    inodes = ({os.readlink("/proc/self/ns/net")} if namespaces is None
+              else {f"net:[{os.stat(f'/run/netns/{n}').st_ino}]" for n in namespaces})
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         found = {}
@@ -249,8 +262,13 @@ def slurm_task(job_id: str, rank: int, timeout: float = 60) -> int:
                 ppid = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-            if (b"submitit" in cmd and f"SLURM_JOB_ID={job_id}".encode() in env
-                    and f"SLURM_PROCID={rank}".encode() in env):
+            if (b"submitit" in cmd and not Path(cmd.split(b"\0")[0].decode()).name.startswith("srun")
+                    and f"SLURM_JOB_ID={job_id}".encode() in env and f"SLURM_PROCID={rank}".encode() in env):
+                try:
+                    if os.readlink(entry / "ns" / "net") not in inodes:
+                        continue
+                except OSError:
+                    continue
                 found[int(entry.name)] = ppid
         tops = [pid for pid, ppid in found.items() if ppid not in found]
         if len(tops) == 1:
@@ -259,15 +277,50 @@ def slurm_task(job_id: str, rank: int, timeout: float = 60) -> int:
     raise AssertionError(f"no task process of rank {rank} in job {job_id}")
 
 
-def job_steps_alive(job_id: str) -> bool:
-    """True while a ``slurmstepd: [JOB.STEP]`` process of the job runs on this machine."""
-    return subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job_id}\."], capture_output=True).returncode == 0
+def job_steps_alive(job_id: str, namespaces: list[str] | None = None) -> bool:
+    """True while a ``slurmstepd: [JOB.STEP]`` process of the job runs on this machine: in these network
+    namespaces (the two-node cluster's), else in this process's own (the single-node cluster's; the two
+    clusters number their jobs from 1 both)."""
+    res = subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job_id}\."], capture_output=True, text=True)
+    pids = res.stdout.split()
+    inodes = ({os.readlink("/proc/self/ns/net")} if namespaces is None
+              else {f"net:[{os.stat(f'/run/netns/{name}').st_ino}]" for name in namespaces})
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def restart_count(env: dict, job_id: str) -> int:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True, text=True).stdout
-    found = re.search(r"\bRestarts=(\d+)", out)
+    found = re.search(r"\bRestarts=(\d+)", slurm(env, "scontrol", "show", "job", "-o", job_id).stdout)
     return int(found.group(1)) if found else -1
+
+
+def job_state(env: dict, job_id: str) -> str:
+    found = re.search(r"\bJobState=(\S+)", slurm(env, "scontrol", "show", "job", "-o", job_id).stdout)
+    return found.group(1) if found else ""
+
+
+def release_requeue_hold(env: dict, job_id: str) -> None:
+    """SLURM holds a requeued job for ~2 min (PENDING, reason BeginTime); start it now instead."""
+    if slurm(env, "squeue", "-h", "-j", job_id, "-o", "%T %r").stdout.split() == ["PENDING", "BeginTime"]:
+        slurm(env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+
+def wait_for(predicate, timeout: float, what: str, env: dict | None = None, job_id: str | None = None,
+             poll: float = 0.5) -> None:
+    """Poll ``predicate``; with ``env`` and ``job_id``, release the job's requeue hold on the way."""
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            detail = slurm(env, "scontrol", "show", "job", job_id).stdout if env and job_id else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{detail}")
+        if env and job_id:
+            release_requeue_hold(env, job_id)
+        time.sleep(poll)
 
 
 def test_a_frozen_rank_of_a_slurm_job_requeues_it_and_it_resumes_bit_identical(lidar_shards, slowed_run,
@@ -322,6 +375,66 @@ def test_a_frozen_rank_of_a_slurm_job_requeues_it_and_it_resumes_bit_identical(l
     assert_same_training_state(run / "checkpoints" / final, reference / "checkpoints" / final)
 
 
+def test_a_frozen_rank_of_a_slurm_job_at_its_requeue_limit_ends_it_failed_without_requeue(lidar_shards, tmp_path,
+                                                                                           slurm_env):
+    """``--max-requeues 0``: rank 1 SIGSTOPped after a checkpoint; rank 0 names it, prints one line saying the
+    job is NOT requeued and exits 3; ``srun --kill-on-bad-exit`` ends the frozen task; the job ends FAILED,
+    not requeued, every checkpoint left loads."""
+    run = tmp_path / "run"
+    res = _launch(slurm_env, "--cluster", "slurm", "--profile", "local", "--max-requeues", "0",
+                  *overrides(lidar_shards, run))
+    job = _job_id(res.stdout)
+    victim = None
+    try:
+        first = run / "checkpoints" / "iter_000000002.pt"
+        t0 = time.monotonic()
+        while not first.exists():  # the whole run takes seconds here: poll closely
+            assert time.monotonic() - t0 < 180, "no first checkpoint"
+            time.sleep(0.02)
+        victim = slurm_task(job, 1, timeout=30)
+        os.kill(victim, signal.SIGSTOP)
+        t_stop = time.monotonic()
+        assert not (run / "checkpoints" / f"iter_{STEPS:09d}.pt").exists(), "finished before the freeze"
+        said = frozen_gone = None
+        while True:
+            now = time.monotonic() - t_stop
+            if said is None and "NOT requeued" in submitit_logs(run):
+                said = now
+            if frozen_gone is None and not alive(victim):
+                frozen_gone = now
+            if job_state(slurm_env, job) not in {"PENDING", "RUNNING", "COMPLETING", "REQUEUED", ""}:
+                break
+            assert now < TIMEOUT_S + 90, slurm(slurm_env, "scontrol", "show", "job", job).stdout
+            time.sleep(0.2)
+        ended = time.monotonic() - t_stop
+        said = ended if said is None else said  # the line came between the last two polls
+        frozen_alive = alive(victim)
+        time.sleep(5)  # not requeued afterwards either
+    finally:
+        if victim is not None and alive(victim):
+            with_suppress(lambda: os.kill(victim, signal.SIGKILL))
+        slurm(slurm_env, "scancel", job)
+    logs = submitit_logs(run)
+    show = slurm(slurm_env, "scontrol", "show", "job", "-o", job).stdout
+    exit_code = re.search(r"\bExitCode=(\S+)", show).group(1)
+    found = re.search(r"error: rank 0: watchdog: (rank 1 made no progress since step (\d+)[^\n]*)", logs)
+    limit = re.findall(r"\[launch\] rank (\d): watchdog fault: job \d+ NOT requeued: [^\n]*", logs)
+    record("frozen rank under SLURM at the requeue limit", message_s=round(said, 1),
+           frozen_task_gone_s=frozen_gone and round(frozen_gone, 1), job_ended_s=round(ended, 1), state=job_state(slurm_env, job), exit_code=exit_code,
+           not_requeued_lines_of_ranks=limit)
+    assert found, logs[-3000:]
+    assert (f"[launch] rank 0: watchdog fault: job {job} NOT requeued: 0 requeue(s) done, limit 0 "
+            "(--max-requeues / the profile's max_requeues)") in logs, logs[-3000:]
+    assert limit.count("0") == 1, limit  # one line from the detecting rank
+    assert "requeued job" not in logs, logs[-3000:]
+    assert said <= TIMEOUT_S + MARGIN_S, said
+    assert not frozen_alive, "the frozen task outlived its job"
+    assert job_state(slurm_env, job) == "FAILED" and restart_count(slurm_env, job) == 0, show
+    assert exit_code != "0:0", show
+    assert not run_finished(run)
+    assert assert_every_checkpoint_loads(run)
+
+
 # ------------------------------------------------------------------------------------------ 3. lost node
 _NETNS = netns.unavailable_reason()
 
@@ -369,6 +482,108 @@ def test_a_lost_node_makes_both_sides_exit_in_bounded_time_naming_it(lidar_shard
     for seconds in exited:
         assert seconds is not None and seconds <= TIMEOUT_S + MARGIN_S, exited
     assert_every_checkpoint_loads(run)
+
+
+# ------------------------------------------------------------------------------ 3c. lost node under SLURM
+def set_link(namespace: str, state: str) -> None:
+    subprocess.run(["ip", "-n", namespace, "link", "set", netns.IFNAME, state], check=True)
+
+
+@pytest.mark.skipif(_NETNS is not None, reason=f"two-node test: {_NETNS}")
+def test_a_lost_node_of_a_two_node_slurm_job_requeues_it_and_it_resumes_bit_identical(lidar_shards, slowed_run,
+                                                                                        tmp_path, slurm2):
+    """The two-node cluster (n1, n2 in namespaces), one task per node; n2's link set down after a checkpoint:
+    rank 0 (on n1) names rank 1 within the bound and requeues the job; the link comes back, the requeued job
+    resumes from the newest complete checkpoint and its final state equals the reference run's."""
+    reference, _ = slowed_run
+    run = tmp_path / "run"
+    ns2 = (Path(slurm2["TOOLKIT_SLURM_STATE"]) / "netns").read_text().split()[1]
+    namespaces = (Path(slurm2["TOOLKIT_SLURM_STATE"]) / "netns").read_text().split()
+    res = run_cli(["bash", str(SLURM_SCRIPT), "exec", sys.executable, "-m", "launch", "--config", str(CONFIG),
+                   "--cluster", "slurm", "--profile", "local-2nodes", "--nodes", "2", "--max-requeues", "2",
+                   *overrides(lidar_shards, run)], env=slurm2, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "(slurm: 2 node(s) x 1 task(s))" in res.stdout, res.stdout
+    job = _job_id(res.stdout)
+    down, ranks = False, []
+    try:
+        first = run / "checkpoints" / "iter_000000002.pt"
+        t0 = time.monotonic()
+        while not first.exists():  # the whole run takes seconds: poll closely (the tasks are found after)
+            assert time.monotonic() - t0 < 180, "no first checkpoint"
+            time.sleep(0.02)
+        set_link(ns2, "down")
+        down, t_down = True, time.monotonic()
+        assert not (run / "checkpoints" / f"iter_{STEPS:09d}.pt").exists(), "finished before the link went down"
+        ranks = [slurm_task(job, rank, timeout=30, namespaces=namespaces) for rank in (0, 1)]
+        exited, requeued, said = [None, None], None, {}
+        lines = {"rank 0 error": "error: rank 0: watchdog:", "rank 0 requeue": "[launch] rank 0: watchdog fault:",
+                 "rank 1 error": "error: rank 1: watchdog:", "rank 1 hook": "[launch] rank 1: watchdog fault:"}
+        # the link stays down until rank 0 requeued the job and rank 1 has seen the loss (or the bound passed)
+        while time.monotonic() - t_down < TIMEOUT_S + 60:
+            now = time.monotonic() - t_down
+            for i, pid in enumerate(ranks):
+                if exited[i] is None and not alive(pid):
+                    exited[i] = now
+            logs = submitit_logs(run)
+            for key, text in lines.items():
+                if key not in said and text in logs:
+                    said[key] = round(now, 1)
+            if requeued is None and restart_count(slurm2, job) >= 1:
+                requeued = now
+            if requeued is not None and (exited[1] is not None or now > TIMEOUT_S + MARGIN_S):
+                break
+            time.sleep(0.3)
+        set_link(ns2, "up")
+        down, t_up = False, time.monotonic() - t_down
+        assert requeued is not None, f"not requeued within {TIMEOUT_S + 60} s of the link going down"
+        wait_for(lambda: not any(alive(pid) for pid in ranks), 120, "the old tasks to end")
+        for i, pid in enumerate(ranks):
+            if exited[i] is None:
+                exited[i] = time.monotonic() - t_down
+        tasks_ended = time.monotonic() - t_down
+        # the hold is released only once the old job's steps ended on both nodes (see the frozen-rank test)
+        wait_for(lambda: not job_steps_alive(job, namespaces), 300, "the old job's steps to end")
+        steps_ended = time.monotonic() - t_down
+        wait_for(lambda: "resumed from" in submitit_logs(run), 300, "the requeued job to resume", slurm2, job)
+        resumed_s = time.monotonic() - t_down
+        wait_for(lambda: run_finished(run), 300, "the requeued job to finish", slurm2, job)
+        finished = time.monotonic() - t_down
+        wait_for(lambda: job_state(slurm2, job) not in {"PENDING", "RUNNING", "COMPLETING", "REQUEUED", ""},
+                 120, "the job to leave the queue")
+    finally:
+        if down:
+            set_link(ns2, "up")
+        for pid in ranks:
+            if alive(pid):
+                with_suppress(lambda: os.kill(pid, signal.SIGKILL))
+        if not run_finished(run):
+            slurm(slurm2, "scancel", job)
+    logs = submitit_logs(run)
+    lost = re.search(r"error: rank 0: watchdog: (rank 1 made no progress since step (\d+) [^\n]*no heartbeat[^\n]*)",
+                     logs)
+    cut = re.search(r"error: rank 1: watchdog: ([^\n]*)", logs)
+    hook1 = re.search(r"\[launch\] rank 1: watchdog fault: ([^\n]*)", logs)
+    record("lost node under SLURM", said_s=said, rank0_exit_s=round(exited[0], 1), rank1_exit_s=round(exited[1], 1),
+           requeued_after_s=round(requeued, 1), link_up_after_s=round(t_up, 1), tasks_ended_s=round(tasks_ended, 1),
+           steps_ended_s=round(steps_ended, 1), resumed_s=round(resumed_s, 1), finished_after_s=round(finished, 1), rank0_message=lost and lost.group(1),
+           rank1_message=cut and cut.group(1), rank1_hook=hook1 and hook1.group(1))
+    assert lost, logs[-3000:]
+    assert cut, logs[-3000:]  # the lost side names the store it cannot reach
+    assert f"[launch] rank 0: watchdog fault: requeued job {job} (requeue 1 of at most 2" in logs, logs[-3000:]
+    assert said["rank 0 requeue"] <= TIMEOUT_S + MARGIN_S and exited[0] <= TIMEOUT_S + MARGIN_S, (said, exited)
+    assert restart_count(slurm2, job) == 1
+    assert job_state(slurm2, job) == "COMPLETED", slurm(slurm2, "scontrol", "show", "job", job).stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == STEPS and summary["world_size"] == 2
+    resumed = int(Path(summary["resumed_from"]).stem.split("_")[1])
+    record("lost node under SLURM", resumed_from=resumed)
+    assert 2 <= resumed < STEPS
+    assert "hostname=n2, local_rank=0(1), node=1(2), global_rank=1(2)" in logs  # rank 1 ran on n2
+    ckpts = assert_every_checkpoint_loads(run)  # no checkpoint half-written, and none left as a .tmp
+    assert ckpts and not list((run / "checkpoints").glob("*.tmp*")), sorted((run / "checkpoints").iterdir())
+    final = f"iter_{STEPS:09d}.pt"
+    assert_same_training_state(run / "checkpoints" / final, reference / "checkpoints" / final)
 
 
 # ------------------------------------------------------------------------- the watchdog alone, the config

@@ -111,25 +111,7 @@ def test_torchrun_two_nodes_in_namespaces_equals_one_node(lidar_shards, tmp_path
 
 # ------------------------------------------------------------------------------------------- two-node SLURM
 
-@pytest.fixture(scope="module")
-def slurm2(tmp_path_factory):
-    """A two-node SLURM cluster (n1, n2 in namespaces) from ``local-cluster.sh start --nodes 2``; stopped after."""
-    state = tmp_path_factory.mktemp("slurm2-state")
-    env = {**os.environ, "TOOLKIT_SLURM_STATE": str(state), "SLURM_CONF": str(state / "slurm.conf"),
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    names = []
-    try:
-        res = subprocess.run(["bash", str(SCRIPT), "start", "--nodes", "2"], env=env, capture_output=True,
-                             text=True, timeout=600)
-        if (state / "netns").exists():
-            names = (state / "netns").read_text().split()
-        if res.returncode != 0:
-            pytest.fail(f"two-node SLURM cluster did not start:\n{res.stderr[-3000:]}")
-        assert len(names) == 2 and all(netns.exists(n) for n in names), names
-        yield env
-    finally:
-        subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
-    assert not any(netns.exists(n) for n in names), "local-cluster.sh stop left namespaces behind"
+# slurm2 (the two-node cluster, one per session) is conftest's: test_dist_faults uses it too
 
 
 def _in_cluster(env, *cmd, timeout=60) -> subprocess.CompletedProcess:
