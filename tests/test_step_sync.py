@@ -10,8 +10,9 @@ from accelerate import Accelerator
 from conftest import REPO, tiny_overrides
 from toolkit.config import load_config
 from toolkit.engine.ema import EMA
-from toolkit.engine.optim import WarmupDecay
+from toolkit.engine.optim import Schedule, WarmupDecay
 from toolkit.engine.step import NonFiniteError, TrainStep
+from toolkit.engine.strategy import DDPStrategy
 from toolkit.engine.trainer import SYNC_EVERY, Trainer
 from toolkit.tasks.base import StepOutput
 
@@ -95,9 +96,10 @@ def _run(bad_steps, sync_at, steps=12, schedule="constant", max_bad=20):
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
     ema = EMA(model, 0.9, warmup=schedule != "constant")
     opt = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupDecay(0 if schedule == "constant" else 3, steps, schedule, 0.1))
-    model, opt = acc.prepare(model, opt)
-    step = TrainStep(acc, model, opt, sched, _Task(), ema, grad_clip=1.0, max_bad_steps=max_bad)
+    sched = Schedule(opt, WarmupDecay(0 if schedule == "constant" else 3, steps, schedule, 0.1))
+    strategy = DDPStrategy(acc, model, opt)
+    model, opt = strategy.model, strategy.optimizer
+    step = TrainStep(strategy, sched, _Task(), ema, grad_clip=1.0, max_bad_steps=max_bad)
     assert step.device_skip
     gen = torch.Generator().manual_seed(1)
     batches = iter([{"x": torch.randn(16, 4, generator=gen), "y": torch.randn(16, 1, generator=gen), "nan": i + 1 in bad_steps}

@@ -163,7 +163,7 @@ def test_zero2_non_finite_guard(lidar_shards, tmp_path):
 
 def test_deepspeed_config_from_the_keys(tmp_path):
     from toolkit.config import ConfigError, load_config
-    from toolkit.engine.strategy import deepspeed_config
+    from toolkit.engine.zero import deepspeed_config
 
     cfg = load_config(CONFIG, ["train.strategy=deepspeed", "deepspeed.stage=3", "data.batch_size=4",
                                "train.grad_accum=2", "deepspeed.offload_optimizer=true"])

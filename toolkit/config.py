@@ -78,7 +78,7 @@ class DataConfig:
 class TrainConfig:
     """The loop. ``precision``: fp32 | bf16 | fp16 (fp16 uses loss scaling; needs CUDA or MPS).
     ``device``: auto | cpu | cuda | mps. ``strategy``: ddp | deepspeed (ZeRO stage etc. in the
-    ``deepspeed`` section; :mod:`toolkit.engine.strategy`) | fsdp (FSDP2; :mod:`toolkit.engine.fsdp`).
+    ``deepspeed`` section; :mod:`toolkit.engine.zero`) | fsdp (FSDP2; :mod:`toolkit.engine.fsdp`).
 
     An optimizer step whose loss or gradient norm is not finite is skipped on every rank (counted as
     ``train/skipped_steps``); ``max_bad_steps`` skips in a row stop the run with an error."""
@@ -112,7 +112,7 @@ class TrainConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    """DeepSpeed ZeRO settings, used when ``train.strategy=deepspeed`` (:mod:`toolkit.engine.strategy`).
+    """DeepSpeed ZeRO settings, used when ``train.strategy=deepspeed`` (:mod:`toolkit.engine.zero`).
 
     ``stage``: ZeRO stage 1 (optimizer states partitioned), 2 (+ gradients) or 3 (+ parameters).
     ``offload_optimizer`` / ``offload_param`` (stage 3 only): keep those partitions in CPU memory.

@@ -4,5 +4,5 @@
 scalars), ``evaluator.py`` (validation: sums and gathered features; visuals), ``checkpoint.py`` (the
 checkpoint format end to end, resume, exports, ``load_trained_model``), ``evaluation.py`` (the generic
 ``python -m toolkit.evaluate``), ``lock.py`` (one writer per run folder), ``ema.py``, ``optim.py``,
-``device.py``, ``logger.py``, ``strategy.py`` (``train.strategy=deepspeed``: DeepSpeed ZeRO behind adapters).
+``device.py``, ``logger.py``, ``strategy.py`` (the strategy interface and DDP), ``zero.py`` (DeepSpeed ZeRO), ``fsdp.py`` (FSDP2).
 """

@@ -84,6 +84,11 @@ class EMA:
             torch._foreach_add_(ema, step)
         self.num_updates += 1
 
+    def rewind(self, n: int) -> None:
+        """Take back ``n`` updates from the warm-up count (updates that a skipped step made with weight 0:
+        the step loop learns of the skip later, :mod:`toolkit.engine.step`)."""
+        self.num_updates -= n
+
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "num_updates": self.num_updates}
 

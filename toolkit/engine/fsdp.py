@@ -1,19 +1,19 @@
-"""``train.strategy: fsdp``: PyTorch FSDP2 (``torch.distributed.fsdp.fully_shard``) behind the same
-adapters as DeepSpeed (:mod:`toolkit.engine.strategy`), so the step loop, the checkpointer and the EMA
-run unchanged.
+"""``train.strategy: fsdp``: PyTorch FSDP2 (``torch.distributed.fsdp.fully_shard``) behind the
+:class:`toolkit.engine.strategy.Strategy` verbs.
 
 * Sharding (torchtitan's ``apply_fsdp``): ``fully_shard`` on each block the task declares
   (:meth:`toolkit.tasks.base.Task.blocks`), then on the root. Parameters become ``DTensor`` shards
   (dim 0 over the ranks); the AdamW built before is pointed at them (its state is still empty) and
-  runs non-fused (``foreach``), so non-finite steps are skipped on the host path of the step loop.
+  runs non-fused (``foreach``), so a non-finite step is skipped on the host (``device_skip`` is False).
 * Precision: ``train.precision=bf16`` -> ``MixedPrecisionPolicy(param_dtype=bfloat16,
   reduce_dtype=float32)`` (bf16 compute, fp32 gradient reduction, fp32 sharded master weights and
   AdamW moments); fp32 runs without a policy. fp16 and ``train.compile`` are refused by the config.
 * Gradient accumulation: every micro-batch reduce-scatters its gradients (no ``no_sync``), so the
   result is the same, with more communication.
-* ``clip_grad_norm_`` is ``torch.nn.utils.clip_grad_norm_`` over the sharded gradients (the norm is a
-  ``DTensor``; its full value is returned as a plain 0-d float32 tensor).
-* :class:`FSDPFullWeights` (checkpoint ``model``): full weights gathered with
+* ``step``: ``torch.nn.utils.clip_grad_norm_`` over the sharded gradients (the norm is a ``DTensor``; its
+  full value, the same on every rank, decides the skip), then AdamW
+  (:class:`toolkit.engine.strategy.TorchOptimizerStep`).
+* :class:`toolkit.engine.strategy.FullWeights` (checkpoint ``model``): full weights gathered with
   ``torch.distributed.checkpoint.state_dict.get_model_state_dict(full_state_dict=True)`` into a plain
   copy of the model (every rank, so evaluation, pictures, EMA and exports use it unchanged);
   ``iter_N.pt`` loads into a plain model with ``weights_only=True``.
@@ -27,16 +27,13 @@ run unchanged.
 from __future__ import annotations
 
 import copy
-import contextlib
-import os
-import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from toolkit.files import file_sha256
+from toolkit.engine.strategy import (FullWeights, ShardedStateRef, Strategy, TorchOptimizerStep,
+                                     check_sharded_state, ensure_dist_env, write_sharded_state)
 
 FSDP_SUFFIX = "_fsdp"  #: ``iter_{N:09d}_fsdp/``: FSDP2's DCP state of step N
 
@@ -46,98 +43,22 @@ def fsdp_dir_name(step: int) -> str:
     return f"iter_{step:09d}{FSDP_SUFFIX}"
 
 
-class FSDPStepAccelerator:
-    """The ``Accelerator`` interface the step loop uses, for a ``fully_shard``-ed model: plain
-    ``loss.backward()``, ``clip_grad_norm_`` over DTensor gradients, no ``no_sync``, no scaler; the rest
-    (device, process index, gathers) is the real ``Accelerator``'s."""
-
-    def __init__(self, accelerator, model: nn.Module):
-        self._acc, self._model = accelerator, model
-        self.scaler = None
-        self.optimizer_step_was_skipped = False
-
-    def __getattr__(self, name):
-        return getattr(self._acc, name)
-
-    def no_sync(self, model):
-        return contextlib.nullcontext()
-
-    def backward(self, loss: torch.Tensor, **kwargs) -> None:
-        loss.backward(**kwargs)
-
-    def clip_grad_norm_(self, parameters, max_norm: float) -> torch.Tensor:
-        """Clip the sharded gradients to ``max_norm`` (0 = measure only). Returns the global norm before
-        clipping, a plain 0-d float32 tensor on the device."""
-        params = [p for p in parameters if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        return norm.detach().to(device=self._acc.device, dtype=torch.float32)
-
-    def unwrap_model(self, model, *args, **kwargs) -> nn.Module:
-        return self._model
-
-
-class FullEMA:
-    """An :class:`~toolkit.engine.ema.EMA` updated from the gathered full weights (every rank must call
-    :meth:`update`; the step loop does). Other attributes are the EMA's."""
-
-    def __init__(self, ema, strategy: "FSDPStrategy"):
-        self.ema, self.strategy = ema, strategy
-
-    def __getattr__(self, name):
-        return getattr(self.ema, name)
-
-    def update(self, model: nn.Module, **kwargs) -> None:
-        self.ema.update(self.strategy.full_model(), **kwargs)
-
-
-class FSDPFullWeights:
-    """The checkpoint's ``model`` part: the full weights of :attr:`FSDPStrategy.template` (gathered by
-    the trainer before every save); ``load_state_dict`` loads them there (the shards come from
-    :class:`FSDPShardedState`)."""
-
-    def __init__(self, strategy: "FSDPStrategy"):
-        self.strategy = strategy
-
-    def state_dict(self) -> dict:
-        return self.strategy.template.state_dict()
-
-    def load_state_dict(self, state: dict):
-        return self.strategy.template.load_state_dict(state)
-
-
-class FSDPShardedState:
+class FSDPShardedState(ShardedStateRef):
     """The checkpoint's ``optimizer`` part: a reference to ``iter_N_fsdp/`` (DCP shards of the model and
     AdamW) with the strategy, world size and each file's SHA-256.
 
     ``load_state_dict`` raises ``ValueError`` (the checkpointer reports it as a CheckpointError naming the
     file) for a checkpoint of another strategy or world size, a missing folder or a damaged file."""
 
-    def __init__(self, strategy: "FSDPStrategy"):
-        self.strategy = strategy
-
-    def state_dict(self) -> dict:
-        return dict(self.strategy.saved)
-
     def load_state_dict(self, state: dict) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         s = self.strategy
-        if state.get("strategy") != "fsdp":
-            raise ValueError(f"its optimizer state was written by train.strategy={state.get('strategy', 'ddp')}; "
-                             "this run uses train.strategy=fsdp (resume with the strategy that wrote it)")
-        if int(state["world_size"]) != s.world_size:
+        if state.get("strategy") == "fsdp" and int(state["world_size"]) != s.world_size:
             raise ValueError(f"its FSDP state is sharded over {state['world_size']} ranks; this run has "
                              f"{s.world_size} ranks (resume with --nproc_per_node={state['world_size']})")
-        folder = s.directory / state["dir"]
-        for name, digest in state.get("files", {}).items():
-            f = folder / name
-            if not f.is_file():
-                raise ValueError(f"its FSDP state file '{f}' is missing")
-            if file_sha256(f) != digest:
-                raise ValueError(f"its FSDP state file '{f}' is damaged (SHA-256 mismatch)")
+        folder = check_sharded_state(state, s, "FSDP")
         model_sd, optim_sd = get_state_dict(s.model, s.inner)
         target = {"model": model_sd, "optim": optim_sd}
         dcp.load(target, checkpoint_id=str(folder))
@@ -145,7 +66,7 @@ class FSDPShardedState:
         s.saved = dict(state)
 
 
-class FSDPStrategy:
+class FSDPStrategy(TorchOptimizerStep, Strategy):
     """A model and optimizer under FSDP2 (see the module docstring).
 
     Args:
@@ -158,9 +79,8 @@ class FSDPStrategy:
         blocks: the task's declared blocks (:meth:`Task.blocks`), each sharded on its own.
 
     Attributes:
-        model: the sharded model the step loop calls. optimizer: the AdamW. step_accelerator:
-        :class:`FSDPStepAccelerator`. template: a plain copy holding the gathered full weights.
-        engine: ``.module`` is the sharded model (the trainer's straggler timer hooks its forward).
+        model, module: the sharded model (what the step loop calls). optimizer, inner: the AdamW.
+        template: a plain copy holding the gathered full weights.
         model_part, optimizer_part: the checkpoint's ``model`` and ``optimizer`` entries.
 
     Raises:
@@ -173,13 +93,10 @@ class FSDPStrategy:
                  blocks: list[nn.Module]):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        from toolkit.engine.strategy import _ensure_dist_env
-
-        self.cfg, self.accelerator, self.directory = cfg, accelerator, Path(directory)
-        self.world_size = accelerator.num_processes
-        self.is_main = accelerator.is_main_process
+        super().__init__(accelerator)
+        self.cfg, self.directory = cfg, Path(directory)
         if not torch.distributed.is_initialized():
-            _ensure_dist_env()
+            ensure_dist_env()
             torch.distributed.init_process_group("nccl" if accelerator.device.type == "cuda" else "gloo")
         model = model.to(accelerator.device)
         # FSDP2 shards plain row-major tensors: channels_last conv weights become contiguous (in place, so the
@@ -201,19 +118,31 @@ class FSDPStrategy:
             group["params"] = [new[n] for n in group_names]
             group["fused"] = False
         optimizer.defaults["fused"] = False
-        optimizer._step_supports_amp_scaling = False  # the step loop's host path skips non-finite steps
-        self.model, self.inner, self.optimizer = model, optimizer, optimizer
-        self.engine = SimpleNamespace(module=model)
-        self.step_accelerator = FSDPStepAccelerator(accelerator, model)
-        self.model_part, self.optimizer_part = FSDPFullWeights(self), FSDPShardedState(self)
+        self.model = self.module = model
+        self.optimizer = self.inner = optimizer
+        self.scaler = None
+        self.model_part, self.optimizer_part = FullWeights(self), FSDPShardedState(self)
         self.saved: dict = {}
 
-    def wrap_ema(self, ema):
-        """The EMA for the step loop (updated from the gathered full weights); None stays None."""
-        return FullEMA(ema, self) if ema is not None else None
+    def backward(self, loss: torch.Tensor, last: bool = True) -> None:
+        """``loss.backward()``: every micro-step reduce-scatters its gradients (no deferral under FSDP2 here)."""
+        loss.backward()
+
+    def _clip(self, max_norm: float) -> torch.Tensor:
+        """Clip the sharded gradients to ``max_norm`` (inf = measure only). Returns the global norm before
+        clipping, a plain 0-d float32 tensor on the device (the same on every rank)."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        return norm.detach().to(device=self.device, dtype=torch.float32)
+
+    @property
+    def plain_model(self) -> nn.Module:
+        return self.template
 
     @torch.no_grad()
-    def full_model(self) -> nn.Module:
+    def full_weights(self) -> nn.Module:
         """The plain model holding the current full weights (all-gathered: every rank must call it)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -228,19 +157,8 @@ class FSDPStrategy:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         name = fsdp_dir_name(step)
-        final, tmp = self.directory / name, self.directory / (name + ".tmp")
-        if self.is_main:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
         model_sd, optim_sd = get_state_dict(self.model, self.inner)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-        self.accelerator.wait_for_everyone()
-        files = {}
-        if self.is_main:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            files = {str(p.relative_to(final)): file_sha256(p) for p in sorted(final.rglob("*")) if p.is_file()}
-        self.accelerator.wait_for_everyone()
+        files = write_sharded_state(self, name, lambda tmp: dcp.save({"model": model_sd, "optim": optim_sd},
+                                                                     checkpoint_id=str(tmp)))
         self.saved = {"strategy": "fsdp", "world_size": self.world_size, "dir": name, "files": files}
-        self.full_model()
+        self.full_weights()

@@ -51,17 +51,39 @@ class WarmupDecay:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+class Schedule(torch.optim.lr_scheduler.LambdaLR):
+    """``LambdaLR`` (same ``state_dict``) that can also be moved back and re-evaluated: lr = base lr x
+    multiplier(``last_epoch``), exactly what ``LambdaLR.step()`` sets.
+
+    :meth:`rewind` takes back ``n`` steps (the step loop's skipped steps, found at a sync point after the
+    schedule had already advanced, :mod:`toolkit.engine.step`); :meth:`refresh` re-evaluates the current
+    lr after the base lrs or the multipliers' settings changed (a resume with other settings,
+    :func:`reapply_settings`)."""
+
+    def rewind(self, n: int) -> None:
+        """Go back ``n`` optimizer steps (``n`` >= 0)."""
+        if n:
+            self.last_epoch -= n
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Set every group's lr to base lr x multiplier(``last_epoch``)."""
+        lrs = [base * fn(self.last_epoch) for base, fn in zip(self.base_lrs, self.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = lrs
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> Schedule:
     """Per-optimizer-step schedule (call ``step()`` once per optimizer step)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupDecay(cfg.warmup_steps, total_steps, cfg.schedule, cfg.min_lr_ratio))
+    return Schedule(optimizer, WarmupDecay(cfg.warmup_steps, total_steps, cfg.schedule, cfg.min_lr_ratio))
 
 
 #: optimizer-group settings that come from the config (a checkpoint's copies are replaced on resume)
 GROUP_SETTINGS = ("initial_lr", "weight_decay", "betas", "eps")
 
 
-def schedule_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR) -> dict:
+def schedule_settings(optimizer: torch.optim.Optimizer, scheduler: Schedule) -> dict:
     """The config-given hyper-parameters of a freshly built optimizer and schedule: per-group
     ``initial_lr`` (the base lr), ``weight_decay``, ``betas``, ``eps``, and each lr multiplier's settings
     (warmup, total steps, schedule, min ratio). Take it before a resume; see :func:`reapply_settings`."""
@@ -69,7 +91,7 @@ def schedule_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.l
             "lambdas": [dict(vars(f)) for f in scheduler.lr_lambdas]}
 
 
-def reapply_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+def reapply_settings(optimizer: torch.optim.Optimizer, scheduler: Schedule,
                      settings: dict) -> list[str]:
     """Put the config's hyper-parameters back over the ones a checkpoint restored, so an override on
     resume (``optim.lr``, ``optim.weight_decay``, ``optim.warmup_steps``, ``train.max_steps``, ...) is
@@ -96,7 +118,5 @@ def reapply_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr
                 setattr(fn, key, value)
     if changes:
         scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-        for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base * fn(scheduler.last_epoch)
-        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        scheduler.refresh()
     return changes

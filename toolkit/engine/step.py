@@ -1,7 +1,8 @@
 """One optimizer step, and the window of training scalars between two log lines.
 
-:class:`TrainStep` runs ``grad_accum`` micro-steps (no gradient all-reduce until the last one),
-clips, steps the optimizer and the schedule, lets the task update the model, and updates the EMA.
+:class:`TrainStep` runs ``grad_accum`` micro-steps, then one update through the run's strategy
+(:class:`toolkit.engine.strategy.Strategy`: ``backward``, ``step``, ``update_ema``; the same calls for
+DDP, DeepSpeed and FSDP2), steps the schedule and lets the task adjust the model.
 
 No host reads per step: loss terms and logged values are summed on the device (:class:`MetricWindow`,
 read once per log step), and the per-step agreement is read only at *sync points*
@@ -10,27 +11,27 @@ the trainer chooses them by step number, so every rank reads at the same steps).
 between waits for the GPU.
 
 Non-finite guard: a step whose loss (on any rank) or gradient norm is NaN or infinite is *skipped* on
-every rank. The ranks agree in the one small all-reduce (MAX) per step that also carries the stop
-request (``stop_request``), so the guard adds no collective. The skip itself happens on the device,
-without reading the flag: the fused AdamW takes it as ``found_inf`` (as ``GradScaler`` passes it) and
-leaves weights, moments and its step count untouched; the EMA update is weighted by it (0 on a skipped
-step); gradients are dropped. What lives on the host is reconciled at the next sync point, where the
-flags of the steps since the last one are read in one go: skipped steps are counted, the schedule and
-the EMA's warm-up count are taken back by the number of skipped steps (between a skip and the sync
+every rank. The ranks agree on the loss in the one small all-reduce (MAX) per step that also carries the
+stop request (``stop_request``); the gradient norm is global (the same on every rank), so the guard adds
+no collective. Where the strategy decides on the device (``strategy.device_skip``: the fused AdamW takes
+the flag as ``found_inf``), nothing is read: weights, moments and the optimizer's step count stay as
+they are, the EMA update is weighted by the flag (0 on a skipped step), gradients are dropped. What
+lives on the host is reconciled at the next sync point, where the flags of the steps since the last
+one are read in one go: skipped steps are counted, the schedule and the EMA's warm-up count are taken
+back by the number of skipped steps (``Schedule.rewind``, ``EMA.rewind``: between a skip and the sync
 point the lr and EMA decay are those of one step further per skip), and ``max_bad_steps`` skips in a row
 raise :class:`NonFiniteError` naming the step where the limit was reached and the last finite
 checkpoint. ``task.after_optimizer_step`` runs after every step, skipped ones too (the tasks' updates
 are projections such as clamping a logit scale: a no-op on unchanged weights). A stop request is acted
 on at the first sync point after it (at most ``sync_every`` steps later).
 
-Fallback (one host read per step, the guard decided on the host before ``optimizer.step()``): fp16
-(the ``GradScaler`` reads its ``found_inf`` on the host in every step anyway) and optimizers that do
-not take ``found_inf`` (non-fused).
+Host path (one read of the agreement per step, the skip decided on the host): fp16 (the ``GradScaler``
+reads its ``found_inf`` on the host in every step anyway), FSDP2 (foreach AdamW) and DeepSpeed (the
+engine decides inside its step).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -67,9 +68,8 @@ class TrainStep:
     """Callable that does one optimizer step on the next ``grad_accum`` batches of a stream.
 
     Args:
-        accelerator: the run's ``accelerate.Accelerator``.
-        model, optimizer: as returned by ``accelerator.prepare``; scheduler: a ``LambdaLR`` stepped once per
-            optimizer step.
+        strategy: the run's :class:`~toolkit.engine.strategy.Strategy` (model, backward, step, EMA update).
+        scheduler: a :class:`~toolkit.engine.optim.Schedule` stepped once per optimizer step.
         task: supplies ``losses`` and ``after_optimizer_step``; ema: :class:`~toolkit.engine.ema.EMA` or None.
         grad_accum: micro-steps per optimizer step; grad_clip: max global norm (0 = no clipping).
         max_bad_steps: non-finite steps in a row that stop the run (:class:`NonFiniteError`).
@@ -80,11 +80,10 @@ class TrainStep:
     stopping. Its ``state_dict`` (the skipped-step counters) is saved in checkpoints (after a sync).
     """
 
-    def __init__(self, accelerator, model, optimizer, scheduler, task, ema, grad_accum: int = 1, grad_clip: float = 0.0,
+    def __init__(self, strategy, scheduler, task, ema, grad_accum: int = 1, grad_clip: float = 0.0,
                  max_bad_steps: int = 20, last_good: Callable[[], object] | None = None,
                  stop_request: Callable[[], int] | None = None):
-        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
-        self.task, self.ema = task, ema
+        self.strategy, self.scheduler, self.task, self.ema = strategy, scheduler, task, ema
         self.grad_accum = grad_accum
         self.max_norm = grad_clip if grad_clip > 0 else float("inf")  # inf: the norm is measured, nothing clipped
         self.max_bad_steps, self.last_good = max_bad_steps, last_good
@@ -98,10 +97,12 @@ class TrainStep:
         #: trainer last reset it; read at log steps (toolkit.engine.stragglers)
         self.own_seconds = 0.0
         self.forward_start: float | None = None  # set by stragglers.time_forward's hook, if installed
-        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, agreed flags [bad, stop]) not read yet
-        inner = getattr(optimizer, "optimizer", optimizer)  # under an accelerate.AcceleratedOptimizer
-        #: skip non-finite steps on the device (no host read per step): a fused optimizer without a GradScaler
-        self.device_skip = accelerator.scaler is None and bool(getattr(inner, "_step_supports_amp_scaling", False))
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, agreed flags [skipped, stop]) not read yet
+
+    @property
+    def device_skip(self) -> bool:
+        """Whether a non-finite step is skipped on the device, without a host read (the strategy's)."""
+        return self.strategy.device_skip
 
     def __call__(self, batches: Iterator[dict], step: int = 0) -> StepStats:
         """One optimizer step (number ``step``, for messages).
@@ -110,59 +111,51 @@ class TrainStep:
             NonFiniteError: after ``max_bad_steps`` skipped steps in a row (on every rank; on the host
                 path only: the device path raises from :meth:`sync`).
         """
-        acc, n = self.accelerator, self.grad_accum
+        s, n = self.strategy, self.grad_accum
         losses: dict[str, torch.Tensor] = {}
         logs: dict[str, torch.Tensor] = {}
         for micro in range(n):
             t_own = time.perf_counter()
-            batch = self.last_batch = move_batch(next(batches), acc.device)
+            batch = self.last_batch = move_batch(next(batches), s.device)
             t_data, self.forward_start = time.perf_counter(), None
-            with acc.no_sync(self.model) if micro < n - 1 else contextlib.nullcontext():
-                out = self.task.losses(self.model, batch)
-                total = out.total()
-                self.own_seconds += t_data - t_own + time.perf_counter() - (self.forward_start or t_data)
-                acc.backward(total / n)
+            out = self.task.losses(s.model, batch)
+            total = out.total()
+            self.own_seconds += t_data - t_own + time.perf_counter() - (self.forward_start or t_data)
+            s.backward(total / n, last=micro == n - 1)
             terms = {"loss": total, **out.losses}
             for key, value in terms.items():
                 losses[key] = losses.get(key, 0.0) + value.detach().float() / n
             for key, value in out.logs.items():
                 logs[key] = logs.get(key, 0.0) + value.detach().float() / n
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.max_norm)
-        flags = self._agree(losses["loss"], grad_norm, self.stop_request())
-        if grad_norm is None:
-            grad_norm = torch.full((), float("nan"), device=flags.device)
-        if self.device_skip:
-            bad = flags[0]
-            self._update(found_inf=bad, good=bad == 0)
-            self.pending.append((step, flags))
-            return StepStats(losses, logs, grad_norm, False, self.skipped_steps, self.stop, good=bad == 0)
+        flags = self._agree(losses["loss"], self.stop_request())
+        if s.device_skip:
+            update = s.step(self.max_norm, skip=flags[0] > 0)
+            good = ~update.skipped
+            self._after_update(good)
+            self.pending.append((step, torch.stack([update.skipped.to(torch.float32), flags[1]])))
+            return StepStats(losses, logs, update.grad_norm, False, self.skipped_steps, self.stop, good=good)
         bad, code = flags.tolist()  # the host path: one read per step
         self.stop = max(self.stop, int(code))
-        if bad:
-            self._skip(grad_norm, step)
+        update = s.step(self.max_norm, skip=bool(bad))
+        if update.skipped:
+            self.skipped_steps += 1
+            self.bad_in_a_row += 1
+            if self.bad_in_a_row >= self.max_bad_steps:
+                raise self._too_many(step)
         else:
             self.bad_in_a_row = 0
-            self._update()
-        return StepStats(losses, logs, grad_norm, bool(bad), self.skipped_steps, self.stop)
-
-    def _update(self, found_inf: torch.Tensor | None = None, good: torch.Tensor | None = None) -> None:
-        """Optimizer, schedule, task and EMA updates; with ``found_inf`` (a device 0-d float32, 1.0 = skip)
-        the optimizer and the EMA leave everything as it is when it is set, without a host read."""
-        inner = getattr(self.optimizer, "optimizer", self.optimizer)
-        if found_inf is not None:
-            inner.found_inf = found_inf  # read by the fused AdamW kernel (torch.optim.adam: found_inf=getattr(...))
-        try:
-            self.optimizer.step()
-        finally:
-            if found_inf is not None:
-                del inner.found_inf
-        if not self.accelerator.optimizer_step_was_skipped:
             self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        self.task.after_optimizer_step(unwrapped)
+            self._after_update(None)
+        return StepStats(losses, logs, update.grad_norm, bool(update.skipped), self.skipped_steps, self.stop)
+
+    def _after_update(self, good: torch.Tensor | None) -> None:
+        """Schedule (device path: taken back at the sync point if the step was skipped), task and EMA
+        (weighted by ``good``, a device bool, when the skip was decided on the device)."""
+        if good is not None:
+            self.scheduler.step()
+        self.task.after_optimizer_step(self.strategy.module)
         if self.ema is not None:
-            self.ema.update(unwrapped, good=good)
+            self.strategy.update_ema(self.ema, good=good)
 
     def sync(self, step: int) -> int:
         """Read the agreed flags of the steps since the last sync point (one host read) and bring the
@@ -191,49 +184,20 @@ class TrainStep:
                 if self.bad_in_a_row >= self.max_bad_steps:
                     raise self._too_many(s)
         finally:
-            self._take_back(skipped)
+            self.scheduler.rewind(skipped)
+            if self.ema is not None:
+                self.ema.rewind(skipped)
         return self.stop
 
-    def _take_back(self, n: int) -> None:
-        """Undo the schedule's and the EMA count's advance for ``n`` skipped steps (LambdaLR: lr = base x
-        lambda(last_epoch), exactly what its ``step()`` sets)."""
-        if not n:
-            return
-        sch = self.scheduler
-        sch.last_epoch -= n
-        lrs = [base * fn(sch.last_epoch) for base, fn in zip(sch.base_lrs, sch.lr_lambdas)]
-        for group, lr in zip(self.optimizer.param_groups, lrs):
-            group["lr"] = lr
-        sch._last_lr = lrs
-        if self.ema is not None:
-            self.ema.num_updates -= n
-
-    def _agree(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, stop: int) -> torch.Tensor:
-        """[skip this step?, stop code] (float32, on the device) agreed by every rank: one all-reduce
-        (MAX) with several processes. Nothing is read back (no host copy: the stop code is filled in
-        on the device)."""
-        finite = torch.isfinite(loss)
-        if grad_norm is not None:
-            finite = finite & torch.isfinite(torch.as_tensor(grad_norm, device=loss.device))
+    def _agree(self, loss: torch.Tensor, stop: int) -> torch.Tensor:
+        """[non-finite loss on some rank?, stop code] (float32, on the device) agreed by every rank: one
+        all-reduce (MAX) with several processes. Nothing is read back (no host copy: the stop code is
+        filled in on the device)."""
         flags = torch.full((2,), float(stop), dtype=torch.float32, device=loss.device)
-        flags[0] = (~finite).to(torch.float32)
-        if self.accelerator.num_processes > 1:
+        flags[0] = (~torch.isfinite(loss)).to(torch.float32)
+        if self.strategy.world_size > 1:
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         return flags
-
-    def _skip(self, grad_norm: torch.Tensor | None, step: int) -> None:
-        """Host path: drop this step's gradients (no update anywhere); count it; raise after too many in a row."""
-        scaler = self.accelerator.scaler
-        if scaler is not None:  # fp16: the GradScaler skips overflowing steps itself and lowers its scale
-            if grad_norm is not None and not bool(torch.isfinite(torch.as_tensor(grad_norm))):
-                self.optimizer.step()
-            else:  # a non-finite loss with finite gradients: back off too, and reset the scaler's step state
-                scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-        self.optimizer.zero_grad(set_to_none=True)
-        self.skipped_steps += 1
-        self.bad_in_a_row += 1
-        if self.bad_in_a_row >= self.max_bad_steps:
-            raise self._too_many(step)
 
     def _too_many(self, step: int) -> NonFiniteError:
         last = self.last_good() if self.last_good is not None else None

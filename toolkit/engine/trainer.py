@@ -17,10 +17,10 @@ coordinates; each component decides its own timing (as torchtitan's ``train()``)
 Starting again with the same run folder resumes from the newest usable checkpoint: model, EMA,
 optimizer, scheduler, loss scaler, step, every rank's RNG state and the saved data stream position
 (``data.resume=exact``); optimizer and schedule settings that the config changed since (``optim.*``,
-``train.max_steps``) are applied over the restored ones, and said so. ``train.strategy=deepspeed``
-(or ``fsdp``) swaps Accelerate's DDP for DeepSpeed ZeRO (or FSDP2, :mod:`toolkit.engine.fsdp`) behind
-adapters (:mod:`toolkit.engine.strategy`); the loop is
-the same, the full weights are gathered before pictures, validation and checkpoints. A stop request
+``train.max_steps``) are applied over the restored ones, and said so. ``train.strategy`` picks DDP
+(Accelerate), DeepSpeed ZeRO (:mod:`toolkit.engine.zero`) or FSDP2 (:mod:`toolkit.engine.fsdp`), all behind
+the verbs of :class:`toolkit.engine.strategy.Strategy`; the loop is the same, the full weights are gathered
+before pictures, validation and checkpoints. A stop request
 (SIGTERM/SIGUSR1/SIGINT via :meth:`Trainer.request_stop`, or a job scheduler) makes every rank stop
 together at the next sync point (at most :data:`SYNC_EVERY` steps later) and write a checkpoint first. Exports are built from the EMA
 weights when ``eval.ema`` is on and the run keeps an EMA, else from the model's.
@@ -122,26 +122,17 @@ class Trainer:
                     self.task.name, cfg.train.compile_backend)
         optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
-        # strategy hook (toolkit.engine.strategy): DDP through Accelerate, or DeepSpeed ZeRO / FSDP2 behind adapters
-        self.strategy = build_strategy(cfg, acc, model, optimizer, self.run_dir / "checkpoints",
-                                       self.task.blocks(model))
-        if self.strategy is None:
-            self.model, self.optimizer = acc.prepare(model, optimizer)
-            step_acc, step_ema, model_part, optim_part = acc, self.ema, self.unwrapped, self.optimizer
-        else:
-            s = self.strategy
-            self.model, self.optimizer = s.model, s.optimizer
-            step_acc, step_ema, model_part, optim_part = (s.step_accelerator, s.wrap_ema(self.ema), s.model_part,
-                                                          s.optimizer_part)
-        # end of the strategy hook
+        # DDP, DeepSpeed ZeRO or FSDP2, behind one interface (toolkit.engine.strategy)
+        self.strategy = s = build_strategy(cfg, acc, model, optimizer, self.run_dir / "checkpoints",
+                                           self.task.blocks(model))
+        self.model, self.optimizer = s.model, s.optimizer
         self.settings = schedule_settings(self.optimizer, self.scheduler)  # the config's, re-applied on resume
         self.export_model = self.ema.module if self.ema is not None and cfg.eval.ema else self.unwrapped
 
-        self.train_step = TrainStep(step_acc, self.model, self.optimizer, self.scheduler, self.task, step_ema,
-                                    cfg.train.grad_accum, cfg.train.grad_clip, cfg.train.max_bad_steps,
-                                    last_good=lambda: self.checkpointer.last_path,
+        self.train_step = TrainStep(s, self.scheduler, self.task, self.ema, cfg.train.grad_accum, cfg.train.grad_clip,
+                                    cfg.train.max_bad_steps, last_good=lambda: self.checkpointer.last_path,
                                     stop_request=lambda: self._stop_request)
-        parts = {"model": model_part, "ema": self.ema, "optimizer": optim_part, "scheduler": self.scheduler,
+        parts = {"model": s.model_part, "ema": self.ema, "optimizer": s.optimizer_part, "scheduler": self.scheduler,
                  "scaler": acc.scaler, "train_step": self.train_step}
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every, parts,
                                          self._exports if cfg.checkpoint.export_jit else None, acc, to_dict(cfg),
@@ -154,7 +145,7 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, self.is_main, cfg.train.max_steps, cfg.log.progress)
         if self.world_size > 1:
             # straggler visibility (stragglers.py): the plain module that runs the forward (DeepSpeed: the engine's)
-            time_forward(self.unwrapped if self.strategy is None else self.strategy.engine.module, self.train_step)
+            time_forward(s.module, self.train_step)
         # every rank exits, naming the culprit, when one makes no progress for dist.timeout_s (watchdog.py)
         self.watchdog = Watchdog(cfg.dist.timeout_s, self.rank, self.world_size, cfg.dist.heartbeat_s,
                                  on_exit=self.logger.flush)
@@ -169,11 +160,9 @@ class Trainer:
 
     @property
     def unwrapped(self) -> torch.nn.Module:
-        """The plain model; under DeepSpeed the plain copy holding the full weights as gathered last
-        (before pictures, validation and checkpoints: :meth:`_gather_full_weights`)."""
-        if getattr(self, "strategy", None) is not None:
-            return self.strategy.template
-        return self.accelerator.unwrap_model(self.model)
+        """The plain model holding the full weights; under a sharding strategy as gathered last (before
+        pictures, validation and checkpoints: :meth:`_gather_full_weights`)."""
+        return self.strategy.plain_model
 
     @property
     def resumed_from(self) -> Path | None:
@@ -224,7 +213,7 @@ class Trainer:
                     self.logger.advance(self.step, self.window.mean_loss if synced else None)
                     if self.window.due(self.step):
                         self._log_training()
-                    self._gather_full_weights()  # strategy hook: DeepSpeed's full weights, every rank
+                    self._gather_full_weights()  # sharded strategies' full weights, every rank
                     if self.visualizer.due(self.step):
                         self.visualizer.log(self.step, self.unwrapped, self.device, self.logger, self.train_step.last_batch)
                     if self.evaluator.due(self.step):
@@ -241,11 +230,11 @@ class Trainer:
             return self._finish(status, stop, time.time() - t_start)
 
     def _gather_full_weights(self) -> None:
-        """Under DeepSpeed, on every rank, before a step's pictures or validation: gather the full weights
-        into :attr:`unwrapped` (ZeRO-3 all-gathers; the visualizer runs on the main process only)."""
+        """On every rank, before a step's pictures or validation: gather the full weights into
+        :attr:`unwrapped` (a collective under ZeRO-3 and FSDP2; the visualizer runs on the main process only)."""
         v = self.visualizer
-        if self.strategy is not None and ((v.every and self.step % v.every == 0) or self.evaluator.due(self.step)):
-            self.strategy.full_model()
+        if (v.every and self.step % v.every == 0) or self.evaluator.due(self.step):
+            self.strategy.full_weights()
 
     def _sync_due(self, step: int) -> bool:
         """Read the ranks' agreement (stop, skipped steps) at this step? Every :data:`SYNC_EVERY` steps
@@ -367,8 +356,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write ``iter_{step}.pt`` (+ exports) on the main process; every rank must call it."""
-        if self.strategy is not None:  # DeepSpeed's sharded state first (every rank), full weights gathered
-            self.strategy.before_save(self.step)
+        self.strategy.before_save(self.step)  # sharded state first (every rank), full weights gathered
         path = self.checkpointer.save(self.step, self._data_position())
         if path is not None:
             self.logger.print(f"saved {path}")
