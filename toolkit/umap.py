@@ -62,9 +62,16 @@ def embed_2d(vectors: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist
     n = len(vectors)
     if n < 3:
         raise ValueError(f"UMAP needs at least 3 vectors, the set has {n}")
-    reducer = umap_learn().UMAP(n_components=2, n_neighbors=max(2, min(n_neighbors, n - 1)), min_dist=min_dist,
-                                metric="cosine", random_state=seed, n_jobs=1, init="spectral" if n > 16 else "random")
-    return reducer.fit_transform(np.asarray(vectors, np.float32)).astype(np.float32)
+    import torch
+
+    threads = torch.get_num_threads()  # umap-learn's numba/OpenMP start changes the process-wide OpenMP thread
+    try:                               # count (1 -> 2 here), and with it torch's: later training in this process
+        reducer = umap_learn().UMAP(n_components=2, n_neighbors=max(2, min(n_neighbors, n - 1)), min_dist=min_dist,
+                                    metric="cosine", random_state=seed, n_jobs=1,
+                                    init="spectral" if n > 16 else "random")
+        return reducer.fit_transform(np.asarray(vectors, np.float32)).astype(np.float32)
+    finally:                           # would no longer match a run of the same config in another process
+        torch.set_num_threads(threads)
 
 
 def scatter_png(xy: np.ndarray, labels: list[str], title: str) -> bytes:

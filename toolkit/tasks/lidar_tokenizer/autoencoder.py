@@ -86,7 +86,8 @@ def _haar_filters() -> torch.Tensor:
 
 
 def _haar_mix(x: torch.Tensor) -> torch.Tensor:
-    """The 4 x 4 Haar butterfly on each group of 4 channels: (B, 4C, H, W) -> (B, 4C, H, W), same dtype.
+    """The 4 x 4 Haar butterfly on each group of 4 channels: (B, 4C, H, W) -> (B, 4C, H, W), same dtype,
+    channels-last.
 
     After ``pixel_unshuffle(x, 2)`` the group of an input channel holds its 2 x 2 block's pixels
     (top-left a, top-right b, bottom-left c, bottom-right d); this returns (LL, LH, HL, HH) =
@@ -99,7 +100,8 @@ def _haar_mix(x: torch.Tensor) -> torch.Tensor:
     a, b, c, d = x.unflatten(1, (-1, 4)).unbind(2)
     s, t = a + b, a - b
     u, v = c + d, c - d
-    return torch.stack(((s + u), (t + v), (s - u), (t - v)), dim=2).flatten(1, 2) * 0.5
+    out = torch.stack(((s + u), (t + v), (s - u), (t - v)), dim=2).flatten(1, 2) * 0.5
+    return out.contiguous(memory_format=torch.channels_last)  # the model's layout (and the convolution's before)
 
 
 class HaarPatcher(nn.Module):
