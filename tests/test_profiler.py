@@ -71,3 +71,15 @@ def test_bench_engine_figures_give_flops_mfu_and_the_checkpointing_memory_ratio(
     assert out["checkpointed_blocks"] == 13
     assert 0 < out["checkpointed_vs_plain_memory"] < 0.9
     assert "mfu" not in engine_figures(cfg, step_time_s=0.5, checkpointing="false")
+
+
+def test_interleaved_compile_ratio_alternates_eager_and_compiled_rounds(lidar_shards, tmp_path):
+    """The load-robust compile ratio: 3 rounds of eager then compiled steps (aot_eager: traced, no code
+    generation, so the ratio is near 1), the median between the rounds' min and max."""
+    from toolkit.bench import interleaved_compile_ratio
+
+    cfg = load_config(CONFIG, tiny_overrides(lidar_shards, tmp_path / "unused", **{"train.compile_backend": "aot_eager"}))
+    out = interleaved_compile_ratio(cfg, "model", rounds=3, steps=1)
+    assert out["interleaved_rounds"] == 3 and out["interleaved_compile_s"] > 0
+    assert 0 < out["compiled_vs_eager_interleaved_min"] <= out["compiled_vs_eager_interleaved"] \
+        <= out["compiled_vs_eager_interleaved_max"]

@@ -185,8 +185,51 @@ def bench_engine(cfg, steps: int = 60, warmup: int = 5, window: int = 5, compile
         result.update({f"compiled_{compile}_step_s": compiled["engine_step_s"],
                        "compiled_vs_eager_ratio": round(compiled["engine_step_s"] / result["engine_step_s"], 3),
                        "compile_warmup_steps": warmup})
+        result.update(interleaved_compile_ratio(cfg, compile))
     result.update(engine_figures(cfg, result["engine_step_s"], checkpointing, peak_tflops))
     return result
+
+
+def interleaved_compile_ratio(cfg, mode: str = "model", rounds: int = 7, steps: int = 2) -> dict:
+    """Compiled / eager time of one training step (forward, backward, AdamW) of the same model on the same
+    batch, measured in alternation: ``rounds`` rounds of ``steps`` eager then ``steps`` compiled steps, and
+    the median of the rounds' ratios. A machine whose speed drifts (other jobs) moves both halves of a round
+    alike, which two engine runs minutes apart do not share (``compiled_vs_eager_ratio``).
+
+    ``mode``: ``model`` (``torch.compile`` of the whole model) or ``blocks`` (each declared block), with
+    ``train.compile_backend``. Returns ``compiled_vs_eager_interleaved`` (median), ``..._min`` and
+    ``..._max`` over the rounds, and ``interleaved_compile_s`` (the first compiled step, compilation included).
+    """
+    from toolkit.engine.optim import build_optimizer
+    from toolkit.engine.parallelize import parallelize
+    from toolkit.tasks import build_task
+
+    model, batch, loss_of, device = _one_step_parts(cfg)
+    eager = build_task(cfg.task).build_model().to(device).train()
+    eager.load_state_dict(model.state_dict())
+    parallelize(model, build_task(cfg.task).blocks(model), mode, "false", cfg.task.name, cfg.train.compile_backend)
+    runs = {"eager": (eager, build_optimizer(eager, cfg.optim)), "compiled": (model, build_optimizer(model, cfg.optim))}
+
+    def timed(name: str, n: int) -> float:
+        m, opt = runs[name]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            loss_of(m, batch).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) / n
+
+    compile_s = timed("compiled", 1)
+    timed("eager", 1)
+    ratios = sorted(timed("compiled", steps) / timed("eager", steps) for _ in range(rounds))
+    return {"compiled_vs_eager_interleaved": round(ratios[len(ratios) // 2], 3),
+            "compiled_vs_eager_interleaved_min": round(ratios[0], 3),
+            "compiled_vs_eager_interleaved_max": round(ratios[-1], 3), "interleaved_rounds": rounds,
+            "interleaved_compile_s": round(compile_s, 1)}
 
 
 def _engine_run(cfg, steps, warmup, window, from_dict, to_dict, Trainer, bare: bool = True) -> dict:
