@@ -128,10 +128,12 @@ def slurm_env(tmp_path_factory):
     subprocess.run(["bash", str(SLURM_SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slurm2(tmp_path_factory):
     """A two-node SLURM cluster (n1, n2 in network namespaces) from ``local-cluster.sh start --nodes 2``, started
-    once per session for every module that uses it (test_multinode, test_dist_faults), stopped at the end.
+    for each module that uses it (test_multinode, test_dist_faults) and stopped at that module's end. Not once
+    per session: left running beside :func:`slurm_env`'s cluster through tests/test_launch.py, that cluster's
+    requeued time-limit job never started again (CI, 2026-12-04: the test waited its 3000 s).
 
     It can run beside :func:`slurm_env`'s single-node cluster: its own state folder (so its own namespaces,
     named from that folder, and its own slurm.conf), its daemons inside the namespaces (they take no port of
