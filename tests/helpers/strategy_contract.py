@@ -144,6 +144,9 @@ def main() -> None:
             "strategy": strategy.name, "device_skip": strategy.device_skip, "rows": rows,
             "restored_gap": restored_gap, "replay_gap": replay_gap, "skipped_steps": step.skipped_steps}, indent=1))
     acc.wait_for_everyone()
+    # end the process group before the interpreter exits: left to exit-time teardown, gloo's threads were
+    # once torn down unjoined under FSDP2 ("terminate called without an active exception", SIGABRT)
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
