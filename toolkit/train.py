@@ -152,22 +152,7 @@ def _train(cfg) -> int:
     return 0
 
 
-def _leave_process_group() -> bool:
-    """Destroy the process group if one exists (True then): gloo processes sometimes abort at
-    interpreter exit ("terminate called without an active exception") unless the process exits right
-    after ``destroy_process_group()`` (issue 13's measurements)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-        return True
-    return False
-
-
 if __name__ == "__main__":
-    code = main()
-    if _leave_process_group() or code:  # exit now, even if a library left a thread or a process behind
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    from toolkit.engine.dist import exit_process
+
+    exit_process(main())  # destroys the process group and leaves at once, even if a library left a thread behind

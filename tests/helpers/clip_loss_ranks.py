@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from toolkit.engine.dist import exit_process
 from toolkit.tasks.cilp.loss import clip_loss
 from toolkit.tasks.cilp.models import CILPModel
 
@@ -35,4 +36,4 @@ if __name__ == "__main__":
     loss.backward()
     grads = {k: p.grad.detach().clone() for k, p in model.module.named_parameters()}
     torch.save({"loss": loss.detach(), "grads": grads}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    exit_process(0)  # destroys the group and skips interpreter finalisation (toolkit.engine.dist)

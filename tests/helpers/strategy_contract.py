@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from accelerate import Accelerator  # noqa: E402
 
 from toolkit.config import load_config  # noqa: E402
+from toolkit.engine.dist import exit_process  # noqa: E402
 from toolkit.engine.ema import EMA  # noqa: E402
 from toolkit.engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from toolkit.engine.step import TrainStep  # noqa: E402
@@ -144,10 +145,10 @@ def main() -> None:
             "strategy": strategy.name, "device_skip": strategy.device_skip, "rows": rows,
             "restored_gap": restored_gap, "replay_gap": replay_gap, "skipped_steps": step.skipped_steps}, indent=1))
     acc.wait_for_everyone()
-    # end the process group before the interpreter exits: left to exit-time teardown, gloo's threads were
-    # once torn down unjoined under FSDP2 ("terminate called without an active exception", SIGABRT)
-    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    # destroy the process group and leave through os._exit: FSDP2 still holds the group, and its gloo threads,
+    # torn down at interpreter exit, aborted rank 1 now and then ("terminate called without an active exception")
+    exit_process(0)
