@@ -156,6 +156,29 @@ def test_ema_tracks_the_weights():
     assert torch.allclose(ema.module.weight, start + 0.5)
 
 
+
+def test_ema_weighted_by_a_device_flag_equals_the_plain_update_and_a_skip_leaves_it_bit_for_bit():
+    """The device-skip path (``good``: a 0-d bool tensor) gives bit for bit the host path's EMA when the
+    step was good, and leaves the EMA (parameters and buffers) exactly as it was when it was not, with
+    the warm-up decay (weight 0.9 at the first update) too."""
+    from toolkit.engine.ema import EMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    plain, flagged, skipped = (EMA(model, decay=0.99, warmup=True) for _ in range(3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        model[1].running_mean.add_(1.0)
+    before = {k: v.clone() for k, v in skipped.module.state_dict().items()}
+    plain.update(model)
+    flagged.update(model, good=torch.tensor(True))
+    skipped.update(model, good=torch.tensor(False))
+    for key, value in plain.module.state_dict().items():
+        assert torch.equal(flagged.module.state_dict()[key], value), key
+        assert torch.equal(skipped.module.state_dict()[key], before[key]), key
+    assert not torch.equal(plain.module[0].weight, before["0.weight"])
+
 def test_gradient_accumulation_matches_the_large_batch(lidar_shards, tmp_path):
     """2 micro-batches of 2 give the same loss and gradient as one batch of 4 (same samples, unmasked
     mean loss). Compared before the optimizer: Adam's update is scale-invariant and would hide a wrong
