@@ -205,9 +205,10 @@ def interleaved_compile_ratio(cfg, mode: str = "model", rounds: int = 7, steps: 
     from toolkit.tasks import build_task
 
     model, batch, loss_of, device = _one_step_parts(cfg)
-    eager = build_task(cfg.task).build_model().to(device).train()
+    task = build_task(cfg.task)
+    eager = task.build_model().to(device).train()
     eager.load_state_dict(model.state_dict())
-    parallelize(model, build_task(cfg.task).blocks(model), mode, "false", cfg.task.name, cfg.train.compile_backend)
+    parallelize(model, task.blocks(model), mode, "false", cfg.task.name, cfg.train.compile_backend)
     runs = {"eager": (eager, build_optimizer(eager, cfg.optim)), "compiled": (model, build_optimizer(model, cfg.optim))}
 
     def timed(name: str, n: int) -> float:
